@@ -1,0 +1,244 @@
+// inna_op.cpp — schema of the fused INNA op, input validation and layout handling.
+//
+// Nothing here touches tensor data: validation runs over every tensor of the call first, so a bad
+// entry anywhere in a list raises before the first write (no half-updated lists).
+#include "inna_op.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+namespace inna_fused {
+
+at::ScalarType psi_dtype_for(at::ScalarType param_dtype) {
+  return param_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+namespace {
+
+constexpr const char* kOp = "inna_fused::fused_inna_: ";
+
+bool is_supported_param_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+std::string name(const char* list, size_t i) {
+  return std::string(list) + "[" + std::to_string(i) + "]";
+}
+
+void check_hyper(const InnaHyper& h) {
+  auto finite = [](double x) { return std::isfinite(x); };
+  if (!h.lr_tensor) {
+    TORCH_CHECK_VALUE(finite(h.lr) && h.lr >= 0, kOp, "invalid lr: ", h.lr, " (need finite lr >= 0)");
+  }
+  TORCH_CHECK_VALUE(finite(h.alpha) && h.alpha > 0, kOp, "invalid alpha: ", h.alpha,
+                    " (need finite alpha > 0)");
+  TORCH_CHECK_VALUE(finite(h.beta) && h.beta > 0, kOp, "invalid beta: ", h.beta,
+                    " (need finite beta > 0)");
+  TORCH_CHECK_VALUE(finite(h.decay_power) && h.decay_power >= 0, kOp,
+                    "invalid decay_power: ", h.decay_power, " (need finite decay_power >= 0)");
+  TORCH_CHECK_VALUE(finite(h.weight_decay) && h.weight_decay >= 0, kOp,
+                    "invalid weight_decay: ", h.weight_decay, " (need finite weight_decay >= 0)");
+}
+
+// A 1-element floating scalar tensor argument (lr, grad_scale, found_inf).
+void check_scalar_tensor(const at::Tensor& t, const char* what, const at::Device& device,
+                         bool cpu_allowed) {
+  TORCH_CHECK_VALUE(t.defined(), kOp, what, " is an undefined tensor");
+  TORCH_CHECK_VALUE(t.numel() == 1, kOp, what, " must have exactly one element, got shape ",
+                    t.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), kOp, what,
+                   " must be a floating tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == device || (cpu_allowed && t.device().is_cpu()), kOp, what,
+                    " is on ", t.device(), " but params are on ", device);
+}
+
+// Address range [lo, hi) covered by a strided tensor (all torch strides are >= 0).
+struct Span {
+  uintptr_t lo, hi;
+  std::string who;
+};
+
+Span span_of(const at::Tensor& t, std::string who) {
+  auto lo = reinterpret_cast<uintptr_t>(t.data_ptr());
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return {lo, lo + static_cast<uintptr_t>((last + 1) * t.element_size()), std::move(who)};
+}
+
+// Tensors written by the call must not share memory with each other or with any tensor read by
+// it; read-only tensors (grads, scalars) may share memory among themselves.
+void check_no_overlap(std::vector<Span> written, const std::vector<Span>& read) {
+  std::sort(written.begin(), written.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
+  for (size_t i = 1; i < written.size(); ++i) {
+    TORCH_CHECK_VALUE(written[i].lo >= written[i - 1].hi, kOp, written[i - 1].who, " and ",
+                      written[i].who, " overlap in memory; every param, psi and step of a call ",
+                      "must own its memory");
+  }
+  for (const auto& r : read) {
+    // First written span whose end lies beyond r.lo; it is the only candidate for an overlap.
+    auto it = std::upper_bound(written.begin(), written.end(), r.lo,
+                               [](uintptr_t x, const Span& s) { return x < s.hi; });
+    TORCH_CHECK_VALUE(it == written.end() || it->lo >= r.hi, kOp, r.who, " and ", it->who,
+                      " overlap in memory; a tensor the step reads must not alias one it writes");
+  }
+}
+
+void validate(at::TensorList params, at::TensorList psis, at::TensorList grads,
+              at::TensorList steps, const InnaHyper& h) {
+  check_hyper(h);
+  const size_t n = params.size();
+  TORCH_CHECK_VALUE(psis.size() == n && grads.size() == n && steps.size() == n, kOp,
+                    "lists must have equal lengths, got params=", n, " psis=", psis.size(),
+                    " grads=", grads.size(), " steps=", steps.size());
+  if (n == 0) return;
+
+  TORCH_CHECK_VALUE(params[0].defined(), kOp, "params[0] is an undefined tensor");
+  const at::Device device = params[0].device();
+  const at::ScalarType dtype = params[0].scalar_type();
+  std::vector<Span> written, read;
+  written.reserve(3 * n);
+  read.reserve(n + 3);
+
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    const at::Tensor& psi = psis[i];
+    const at::Tensor& step = steps[i];
+    TORCH_CHECK_VALUE(p.defined(), kOp, name("params", i), " is an undefined tensor");
+    TORCH_CHECK_VALUE(g.defined(), kOp, name("grads", i), " is an undefined tensor");
+    TORCH_CHECK_VALUE(psi.defined(), kOp, name("psis", i), " is an undefined tensor");
+    TORCH_CHECK_VALUE(step.defined(), kOp, name("steps", i), " is an undefined tensor");
+    TORCH_CHECK_TYPE(p.layout() == at::kStrided, kOp, name("params", i),
+                     " has layout ", p.layout(), "; only strided params are supported");
+    TORCH_CHECK_TYPE(is_supported_param_dtype(p.scalar_type()), kOp, name("params", i),
+                     " has dtype ", p.scalar_type(),
+                     "; supported are float32, float64, float16 and bfloat16",
+                     at::isComplexType(p.scalar_type())
+                         ? " (pass complex params as torch.view_as_real views)" : "");
+    TORCH_CHECK_TYPE(p.scalar_type() == dtype, kOp, name("params", i), " has dtype ",
+                     p.scalar_type(), " but params[0] has ", dtype,
+                     "; one call takes one dtype (group the lists by dtype)");
+    TORCH_CHECK_VALUE(p.device() == device, kOp, name("params", i), " is on ", p.device(),
+                      " but params[0] is on ", device);
+
+    TORCH_CHECK_TYPE(g.layout() == at::kStrided, kOp, name("grads", i), " is ",
+                     g.is_sparse() ? "sparse" : "not strided",
+                     "; INNA does not support sparse gradients");
+    TORCH_CHECK_TYPE(g.scalar_type() == dtype, kOp, name("grads", i), " has dtype ",
+                     g.scalar_type(), " but its param has ", dtype);
+    TORCH_CHECK_VALUE(g.device() == device, kOp, name("grads", i), " is on ", g.device(),
+                      " but its param is on ", device);
+    TORCH_CHECK_VALUE(g.sizes() == p.sizes(), kOp, name("grads", i), " has shape ", g.sizes(),
+                      " but its param has shape ", p.sizes());
+
+    TORCH_CHECK_TYPE(psi.layout() == at::kStrided, kOp, name("psis", i), " is not strided");
+    TORCH_CHECK_TYPE(psi.scalar_type() == psi_dtype_for(dtype), kOp, name("psis", i),
+                     " has dtype ", psi.scalar_type(), " but a ", dtype, " param needs a ",
+                     psi_dtype_for(dtype), " psi");
+    TORCH_CHECK_VALUE(psi.device() == device, kOp, name("psis", i), " is on ", psi.device(),
+                      " but its param is on ", device);
+    TORCH_CHECK_VALUE(psi.sizes() == p.sizes(), kOp, name("psis", i), " has shape ",
+                      psi.sizes(), " but its param has shape ", p.sizes());
+
+    TORCH_CHECK_VALUE(step.numel() == 1, kOp, name("steps", i),
+                      " must have exactly one element, got shape ", step.sizes());
+    TORCH_CHECK_TYPE(step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble,
+                     kOp, name("steps", i), " must be a float32 or float64 tensor, got ",
+                     step.scalar_type());
+    TORCH_CHECK_VALUE(step.device() == device, kOp, name("steps", i), " is on ",
+                      step.device(), " but its param is on ", device);
+
+    if (p.numel() > 0) {
+      TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, kOp,
+                        name("params", i), " has internally overlapping memory (e.g. expand())");
+      TORCH_CHECK_VALUE(at::has_internal_overlap(psi) != at::MemOverlap::Yes, kOp,
+                        name("psis", i), " has internally overlapping memory");
+      written.push_back(span_of(p, name("params", i)));
+      written.push_back(span_of(psi, name("psis", i)));
+      read.push_back(span_of(g, name("grads", i)));
+    }
+    written.push_back(span_of(step, name("steps", i)));
+  }
+
+  if (h.lr_tensor) {
+    check_scalar_tensor(*h.lr_tensor, "lr", device, /*cpu_allowed=*/true);
+    if (h.lr_tensor->device().is_cpu()) {
+      const double lr = h.lr_tensor->item<double>();
+      TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0, kOp, "invalid lr: ", lr,
+                        " (need finite lr >= 0)");
+    }
+    read.push_back(span_of(*h.lr_tensor, "lr"));
+  }
+  if (h.grad_scale) {
+    check_scalar_tensor(*h.grad_scale, "grad_scale", device, /*cpu_allowed=*/false);
+    read.push_back(span_of(*h.grad_scale, "grad_scale"));
+  }
+  if (h.found_inf) {
+    check_scalar_tensor(*h.found_inf, "found_inf", device, /*cpu_allowed=*/false);
+    read.push_back(span_of(*h.found_inf, "found_inf"));
+  }
+  check_no_overlap(std::move(written), read);
+}
+
+// Param, grad and ψ can be walked as three flat arrays when the param is dense and
+// non-overlapping and the other two have exactly its strides.
+bool flat_walkable(const at::Tensor& p, const at::Tensor& g, const at::Tensor& psi) {
+  return p.is_non_overlapping_and_dense() && g.strides() == p.strides() &&
+         psi.strides() == p.strides();
+}
+
+}  // namespace
+
+void run_fused_inna(at::TensorList params, at::TensorList psis, at::TensorList grads,
+                    at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel) {
+  validate(params, psis, grads, steps, hyper);
+  const size_t n = params.size();
+  if (n == 0) return;
+
+  InnaLists lists;
+  lists.params.reserve(n);
+  lists.psis.reserve(n);
+  lists.grads.reserve(n);
+  lists.steps.assign(steps.begin(), steps.end());
+  // Entries whose layouts differ run on contiguous copies that are written back afterwards.
+  std::vector<size_t> copied;
+  for (size_t i = 0; i < n; ++i) {
+    if (params[i].numel() == 0 || flat_walkable(params[i], grads[i], psis[i])) {
+      lists.params.push_back(params[i]);
+      lists.psis.push_back(psis[i]);
+      lists.grads.push_back(grads[i]);
+    } else {
+      lists.params.push_back(params[i].contiguous());
+      lists.psis.push_back(psis[i].contiguous());
+      lists.grads.push_back(grads[i].contiguous());
+      copied.push_back(i);
+    }
+  }
+  kernel(lists, hyper);
+  for (size_t i : copied) {
+    if (!lists.params[i].is_same(params[i])) params[i].copy_(lists.params[i]);
+    if (!lists.psis[i].is_same(psis[i])) psis[i].copy_(lists.psis[i]);
+  }
+}
+
+}  // namespace inna_fused
+
+// The schema, PyTorch conventions: in-place list op with a trailing underscore, one alias set per
+// mutated list, hyper-parameters keyword-only, returns nothing (like aten::_fused_adam_).
+TORCH_LIBRARY(inna_fused, m) {
+  m.def(
+      "fused_inna_(Tensor(a!)[] params, Tensor(b!)[] psis, Tensor[] grads, Tensor(c!)[] steps, *, "
+      "float lr, float alpha, float beta, float decay_power, float weight_decay, "
+      "bool decoupled_weight_decay, bool paper_init, bool maximize, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  m.def(
+      "fused_inna_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] psis, Tensor[] grads, "
+      "Tensor(c!)[] steps, *, Tensor lr, float alpha, float beta, float decay_power, "
+      "float weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+}

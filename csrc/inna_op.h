@@ -1,0 +1,80 @@
+// inna_op.h — the device-independent half of the fused INNA op.
+//
+// `inna_fused::fused_inna_` is defined once (inna_op.cpp). Each backend (inna_cpu.cpp, cuda/)
+// registers an implementation that calls run_fused_inna() with its own kernel. run_fused_inna()
+// validates every tensor of the call before anything is written (all-or-nothing), routes tensors
+// whose memory cannot be walked linearly through contiguous temporaries, and hands the backend
+// lists in which param, grad and ψ of each entry share one dense, non-overlapping layout, so that
+// a kernel may treat each entry as three flat arrays of numel() elements.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <optional>
+#include <vector>
+
+namespace inna_fused {
+
+struct InnaHyper {
+  double lr = 0.0;                       // used when lr_tensor is empty
+  std::optional<at::Tensor> lr_tensor;   // 1-element tensor (CUDA graphs / torch.compile)
+  double alpha = 0.5;
+  double beta = 0.1;
+  double decay_power = 0.0;
+  double weight_decay = 0.0;
+  bool decoupled_weight_decay = false;
+  bool paper_init = true;
+  bool maximize = false;
+  std::optional<at::Tensor> grad_scale;  // grads are divided by it in-kernel (AMP)
+  std::optional<at::Tensor> found_inf;   // non-zero: the call changes nothing (AMP)
+};
+
+// What a backend kernel receives: equal-length lists, all of one device and one param dtype,
+// size-0 entries already dropped. steps[i] is a 1-element floating tensor holding k, the number
+// of steps entry i has taken; the kernel must increment it unless found_inf is set.
+struct InnaLists {
+  std::vector<at::Tensor> params, psis, grads, steps;
+};
+
+using InnaKernel = void (*)(const InnaLists&, const InnaHyper&);
+
+// Validate, prepare and run. Throws (c10::Error → RuntimeError/ValueError/TypeError in Python)
+// before any write when anything is wrong.
+void run_fused_inna(at::TensorList params, at::TensorList psis, at::TensorList grads,
+                    at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel);
+
+// The dtype ψ must have for a param dtype: float32 for 16/32-bit floats, float64 for float64.
+at::ScalarType psi_dtype_for(at::ScalarType param_dtype);
+
+}  // namespace inna_fused
+
+namespace inna_fused {
+
+// The two overloads of the op, parameterised by the backend kernel; a backend registers them with
+//   m.impl("fused_inna_", &fused_inna<my_kernel>);
+//   m.impl("fused_inna_.tensor_lr", &fused_inna_tensor_lr<my_kernel>);
+template <InnaKernel Kernel>
+void fused_inna(at::TensorList params, at::TensorList psis, at::TensorList grads,
+                at::TensorList steps, double lr, double alpha, double beta, double decay_power,
+                double weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize,
+                const std::optional<at::Tensor>& grad_scale,
+                const std::optional<at::Tensor>& found_inf) {
+  InnaHyper h{lr, std::nullopt, alpha, beta, decay_power, weight_decay, decoupled_weight_decay,
+              paper_init, maximize, grad_scale, found_inf};
+  run_fused_inna(params, psis, grads, steps, h, Kernel);
+}
+
+template <InnaKernel Kernel>
+void fused_inna_tensor_lr(at::TensorList params, at::TensorList psis, at::TensorList grads,
+                          at::TensorList steps, const at::Tensor& lr, double alpha, double beta,
+                          double decay_power, double weight_decay, bool decoupled_weight_decay,
+                          bool paper_init, bool maximize,
+                          const std::optional<at::Tensor>& grad_scale,
+                          const std::optional<at::Tensor>& found_inf) {
+  InnaHyper h{0.0, lr, alpha, beta, decay_power, weight_decay, decoupled_weight_decay,
+              paper_init, maximize, grad_scale, found_inf};
+  run_fused_inna(params, psis, grads, steps, h, Kernel);
+}
+
+}  // namespace inna_fused

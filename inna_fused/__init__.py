@@ -1,0 +1,16 @@
+"""inna_fused: the Inertial Newton Algorithm (INNA) for PyTorch, with fused CPU and CUDA kernels.
+
+    from inna_fused import INNA
+    opt = INNA(model.parameters(), lr=0.1, alpha=0.5, beta=0.1)
+
+Modules: `optimizer` (the INNA class), `functional` (the list-level step and its implementations),
+`reference` (eq. (12) in plain torch, the oracle), `_ops` (the compiled op and its fake impl).
+"""
+from . import functional, reference
+from ._ops import build_info, kernel_available, load_error
+from .functional import inna
+from .optimizer import INNA
+
+__version__ = "0.1.0"
+__all__ = ["INNA", "inna", "functional", "reference", "kernel_available", "load_error",
+           "build_info", "__version__"]

@@ -1,0 +1,81 @@
+"""The compiled op: loading it, asking the dispatcher which devices it serves, its fake impl.
+
+The op is `torch.ops.inna_fused.fused_inna_` (schema in csrc/inna_op.cpp). If the extension cannot
+be imported, `import inna_fused` still works: `load_error()` says why, and the optimizer runs the
+pure-PyTorch paths (a warning says so once, `fused=True` raises). Setting the environment variable
+INNA_FUSED_DISABLE_NATIVE=1 skips loading it on purpose.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+BUILD_COMMAND = "pip install --no-build-isolation .  (from the inna_fused source tree, after torch)"
+OP_NAME = "inna_fused::fused_inna_"
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+_C = None
+_LOAD_ERROR: str | None = None
+if os.environ.get("INNA_FUSED_DISABLE_NATIVE", "0") == "1":
+    _LOAD_ERROR = "disabled by INNA_FUSED_DISABLE_NATIVE=1"
+else:
+    try:
+        from . import _C  # noqa: F401  (registers the op with the dispatcher)
+    except ImportError as e:  # not built, or built against another torch
+        _LOAD_ERROR = f"{type(e).__name__}: {e}"
+
+
+def load_error() -> str | None:
+    """Why the compiled extension is not loaded, or None if it is."""
+    return _LOAD_ERROR
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_available(device_type: str) -> bool:
+    """True when the fused op has a kernel for this device type (asks the dispatcher)."""
+    key = _DISPATCH_KEYS.get(device_type)
+    if _C is None or key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
+
+
+def unavailable_reason(device_type: str) -> str:
+    if _C is None:
+        why = f"the compiled extension inna_fused._C could not be loaded ({_LOAD_ERROR})"
+    else:
+        why = f"inna_fused._C was built without a {device_type} kernel"
+    return f"{why}. Build it with: {BUILD_COMMAND}"
+
+
+def build_info() -> dict:
+    """What was compiled: used by `python -m inna_fused info`."""
+    return {
+        "loaded": _C is not None,
+        "load_error": _LOAD_ERROR,
+        "cpu_kernel": kernel_available("cpu"),
+        "cuda_kernel": kernel_available("cuda"),
+        "cuda_compiled": bool(_C is not None and _C.cuda_compiled()),
+        "cpu_simd": _C.cpu_simd_level() if _C is not None else None,
+    }
+
+
+def _fake_fused_inna(params, psis, grads, steps, *, lr, alpha, beta, decay_power, weight_decay,
+                     decoupled_weight_decay, paper_init, maximize, grad_scale=None,
+                     found_inf=None):
+    # Shape-level checks only; the real op validates values and memory.
+    n = len(params)
+    torch._check(len(psis) == n and len(grads) == n and len(steps) == n,
+                 lambda: "inna_fused::fused_inna_: lists must have equal lengths")
+    for i in range(n):
+        torch._check(grads[i].shape == params[i].shape,
+                     lambda: f"inna_fused::fused_inna_: grads[{i}] shape differs from params[{i}]")
+        torch._check(psis[i].shape == params[i].shape,
+                     lambda: f"inna_fused::fused_inna_: psis[{i}] shape differs from params[{i}]")
+    return None
+
+
+if _C is not None:
+    torch.library.register_fake(OP_NAME)(_fake_fused_inna)
+    torch.library.register_fake(OP_NAME + ".tensor_lr")(_fake_fused_inna)

@@ -1,0 +1,67 @@
+"""The INNA update of Castera, Bolte, Févotte, Pauwels (JMLR 2021), eq. (12), one tensor at a time.
+
+This is the oracle every fast path is tested against and the "per-parameter loop" that INNA users
+run today (it allocates temporaries on every call). It is deliberately plain torch:
+
+    θ_{k+1} = θ_k + γ_k ((1/β − α) θ_k − ψ_k/β − β v_k)
+    ψ_{k+1} = ψ_k + γ_k ((1/β − α) θ_k − ψ_k/β)
+
+with γ_k = lr / (k + 1)^decay_power, k the number of steps this parameter has taken. The arithmetic
+runs in ψ's dtype (float32 for 16-bit params, the param's dtype otherwise).
+"""
+from __future__ import annotations
+
+import torch
+
+PSI_INITS = ("paper", "zero")
+
+
+def psi_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """Dtype of ψ (and of the arithmetic) for a param dtype."""
+    return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+def step_size(lr: float, k: float, decay_power: float) -> float:
+    """γ_k = lr / (k + 1)^decay_power."""
+    return lr if decay_power == 0 else lr / (k + 1.0) ** decay_power
+
+
+def inna_reference_(
+    param: torch.Tensor,
+    psi: torch.Tensor,
+    grad: torch.Tensor,
+    k: int,
+    *,
+    lr: float,
+    alpha: float,
+    beta: float,
+    decay_power: float = 0.0,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    psi_init: str = "paper",
+    maximize: bool = False,
+) -> None:
+    """One INNA step for one parameter, in place on `param` and `psi`.
+
+    `k` is the number of steps already taken; when it is 0, ψ is initialised first:
+    psi_init="paper": ψ₀ = (1 − αβ)θ₀ − (β² − β)v₀ (the first step is one SGD step);
+    psi_init="zero":  ψ₀ = (1 − αβ)θ₀ (the authors' PyTorch code).
+    """
+    gamma = step_size(lr, k, decay_power)
+    theta = param.detach().to(psi_dtype(param.dtype))
+    v = grad.detach().to(theta.dtype)
+    if maximize:
+        v = -v
+    if decoupled_weight_decay and weight_decay != 0:
+        theta = theta * (1 - gamma * weight_decay)
+    if k == 0:
+        psi0 = (1 - alpha * beta) * theta
+        if psi_init == "paper":
+            psi0 = psi0 - (beta * beta - beta) * v
+        psi.copy_(psi0)
+    phase = (alpha - 1 / beta) * theta + psi / beta
+    theta_step = phase + beta * v
+    if weight_decay != 0 and not decoupled_weight_decay:
+        theta_step = theta_step + weight_decay * theta
+    psi.sub_(gamma * phase)
+    param.detach().copy_(theta - gamma * theta_step)

@@ -1,0 +1,84 @@
+"""Build inna_fused and its native op.
+
+    pip install --no-build-isolation .        (after torch; see README)
+
+Environment switches:
+    INNA_FUSED_CUDA=1|0     force the CUDA sources on/off (default: on when a CUDA toolkit is found)
+    INNA_FUSED_SIMD=avx2|baseline   CPU SIMD level (default: avx2 when this machine has AVX2+FMA+F16C)
+    TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0" (needed when building without a GPU)
+"""
+import glob
+import os
+
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _set_cuda_home():
+    """Point CUDA_HOME at a toolkit root that has lib64/libcudart*. torch guesses it from where
+    `nvcc` sits, which is wrong when `nvcc` on PATH is a wrapper script outside the toolkit."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    for root in candidates:
+        if glob.glob(os.path.join(root, "lib64", "libcudart*")) and os.path.exists(
+                os.path.join(root, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = root
+            return
+
+
+_set_cuda_home()
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
+
+
+def source_list(kind):
+    """The native sources. CMakeLists.txt globs the same two patterns."""
+    pattern = {"cpp": "csrc/*.cpp", "cu": "csrc/cuda/*.cu"}[kind]
+    return sorted(glob.glob(os.path.join(ROOT, pattern)))
+
+
+def want_cuda():
+    env = os.environ.get("INNA_FUSED_CUDA")
+    if env is not None:
+        return env == "1"
+    return cpp_extension.CUDA_HOME is not None and bool(source_list("cu"))
+
+
+def simd_flags():
+    level = os.environ.get("INNA_FUSED_SIMD")
+    if level is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = f.read().split()
+            level = "avx2" if {"avx2", "fma", "f16c"} <= set(cpu) else "baseline"
+        except OSError:
+            level = "baseline"
+    if level == "avx2":
+        return ["-mavx2", "-mfma", "-mf16c"]
+    if level != "baseline":
+        raise ValueError(f"INNA_FUSED_SIMD must be 'avx2' or 'baseline', got {level!r}")
+    return []
+
+
+def extension():
+    cxx = ["-O3", *simd_flags()]
+    sources = source_list("cpp")
+    if want_cuda():
+        cxx.append("-DINNA_WITH_CUDA")
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
+        return cpp_extension.CUDAExtension(
+            "inna_fused._C", sources + source_list("cu"),
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+    return cpp_extension.CppExtension("inna_fused._C", sources, extra_compile_args={"cxx": cxx})
+
+
+setup(
+    packages=find_packages(include=["inna_fused", "inna_fused.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)
