@@ -66,15 +66,19 @@ def simd_flags():
 
 
 def extension():
-    cxx = ["-O3", *simd_flags()]
+    # -fopenmp: at::parallel_for is header code that runs serially without it. The libgomp it links
+    # is the one libtorch already loaded (same soname), so both share one thread pool.
+    cxx = ["-O3", "-fopenmp", *simd_flags()]
+    link = ["-fopenmp"]
     sources = source_list("cpp")
     if want_cuda():
         cxx.append("-DINNA_WITH_CUDA")
         nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
         return cpp_extension.CUDAExtension(
             "inna_fused._C", sources + source_list("cu"),
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc})
-    return cpp_extension.CppExtension("inna_fused._C", sources, extra_compile_args={"cxx": cxx})
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
+    return cpp_extension.CppExtension("inna_fused._C", sources, extra_compile_args={"cxx": cxx},
+                                      extra_link_args=link)
 
 
 setup(

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create (or refresh) ./.venv with torch and the dev tools, then build inna_fused in place.
+#   bash tools/env.sh            # then: .venv/bin/python -m inna_fused bench
+# Environment: VENV (default .venv), INNA_FUSED_CUDA=0|1 (default: build CUDA when a toolkit is
+# found), TORCH_CUDA_ARCH_LIST (default "8.0;9.0" when no GPU is visible).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q -r requirements-dev.txt
+
+# torch guesses CUDA_HOME from where `nvcc` sits; point it at a toolkit root with lib64/libcudart.
+if [ -z "${CUDA_HOME:-}" ]; then
+  for root in "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")")" \
+              /usr/local/cuda /usr/local/cuda-*; do
+    if ls "$root"/lib64/libcudart* >/dev/null 2>&1 && [ -x "$root/bin/nvcc" ]; then
+      export CUDA_HOME="$root"; break
+    fi
+  done
+fi
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+"$VENV/bin/python" -m pip install -q --no-build-isolation -e . 
+"$VENV/bin/python" -m inna_fused info

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): set up .venv, build (CPU + CUDA when a toolkit is found),
+# run the Python tests, smoke-run the benchmark suite, and run the C++ (CTest) suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/env.sh
+VENV=${VENV:-.venv}
+"$VENV/bin/python" -m pytest -q tests
+"$VENV/bin/python" -m pytest -q bench --benchmark-disable -m "not slow"
+if [ -f tools/cpp_test.sh ]; then
+  bash tools/cpp_test.sh
+fi
