@@ -39,7 +39,7 @@ from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 def source_list(kind):
     """The native sources. CMakeLists.txt globs the same two patterns."""
     pattern = {"cpp": "csrc/*.cpp", "cu": "csrc/cuda/*.cu"}[kind]
-    return sorted(glob.glob(os.path.join(ROOT, pattern)))
+    return sorted(glob.glob(pattern, root_dir=ROOT))  # setuptools wants relative paths
 
 
 def want_cuda():

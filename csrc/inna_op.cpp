@@ -226,7 +226,27 @@ void run_fused_inna(at::TensorList params, at::TensorList psis, at::TensorList g
   }
 }
 
+namespace {
+
+// A sparse tensor anywhere in the call routes dispatch to a Sparse key; validation rejects it
+// there with the culprit's name instead of the dispatcher's "no kernel" error.
+void sparse_kernel(const InnaLists&, const InnaHyper&) {
+  TORCH_CHECK_TYPE(false, kOp, "sparse tensors are not supported");
+}
+
+}  // namespace
+
 }  // namespace inna_fused
+
+TORCH_LIBRARY_IMPL(inna_fused, SparseCPU, m) {
+  m.impl("fused_inna_", &inna_fused::fused_inna<inna_fused::sparse_kernel>);
+  m.impl("fused_inna_.tensor_lr", &inna_fused::fused_inna_tensor_lr<inna_fused::sparse_kernel>);
+}
+
+TORCH_LIBRARY_IMPL(inna_fused, SparseCUDA, m) {
+  m.impl("fused_inna_", &inna_fused::fused_inna<inna_fused::sparse_kernel>);
+  m.impl("fused_inna_.tensor_lr", &inna_fused::fused_inna_tensor_lr<inna_fused::sparse_kernel>);
+}
 
 // The schema, PyTorch conventions: in-place list op with a trailing underscore, one alias set per
 // mutated list, hyper-parameters keyword-only, returns nothing (like aten::_fused_adam_).

@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 bash tools/env.sh
 VENV=${VENV:-.venv}
 "$VENV/bin/python" -m pytest -q tests
-"$VENV/bin/python" -m pytest -q bench --benchmark-disable -m "not slow"
+if compgen -G "bench/test_*.py" >/dev/null; then
+  "$VENV/bin/python" -m pytest -q bench --benchmark-disable -m "not slow"
+fi
 if [ -f tools/cpp_test.sh ]; then
   bash tools/cpp_test.sh
 fi
