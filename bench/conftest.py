@@ -40,8 +40,10 @@ def pytest_generate_tests(metafunc):
             for provider in B.PROVIDERS:
                 marks = [pytest.mark.slow] if workload in SLOW_WORKLOADS else []
                 dtype_name = str(dtype).removeprefix("torch.")
+                # "^" cannot appear in a -k expression: flat-2^16 is spelled flat-2pow16 in ids.
+                test_id = f"{device}-{dtype_name}-{workload.replace('^', 'pow')}-{provider}"
                 params.append(pytest.param(device, dtype, workload, provider, marks=marks,
-                                           id=f"{device}-{dtype_name}-{workload}-{provider}"))
+                                           id=test_id))
     metafunc.parametrize(("device", "dtype", "workload_name", "provider"), params)
 
 

@@ -275,7 +275,7 @@ def time_call(fn: Callable[[], object]) -> float:
 
 def round_robin(calls: dict[str, Callable[[], object]], repeats: int, *,
                 max_repeats: Optional[dict[str, int]] = None, min_time: float = 0.0,
-                on_call: Optional[Callable[[str], None]] = None,
+                no_warmup: Iterable[str] = (), on_call: Optional[Callable[[str], None]] = None,
                 timer: Callable[[Callable[[], object]], float] = time_call) -> dict[str, list[float]]:
     """Median-ready timings of several callables, interleaved so that slow drifts in machine load
     hit all of them alike: round r times each callable once, the order rotating by one per round.
@@ -283,13 +283,15 @@ def round_robin(calls: dict[str, Callable[[], object]], repeats: int, *,
     Each callable is called once untimed first (warm-up; its duration calibrates the batch). A
     timed sample is the mean over a batch of ceil(min_time / warm-up time) calls, so that
     microsecond steps are not drowned by timer resolution. `max_repeats` caps some callables (e.g.
-    a slow reference loop) at fewer samples. Returns the seconds per call, per name, in order."""
+    a slow reference loop) at fewer samples; names in `no_warmup` (slow ones the caller has already
+    run once) get no warm-up call and batches of one. Returns the seconds per call, per name."""
     names = list(calls)
     limit = {name: min(repeats, (max_repeats or {}).get(name, repeats)) for name in names}
-    batch = {}
+    batch = {name: 1 for name in names}
     for name in names:
-        warm = timer(calls[name])
-        batch[name] = max(1, math.ceil(min_time / warm)) if warm > 0 else 1
+        if name not in no_warmup:
+            warm = timer(calls[name])
+            batch[name] = max(1, math.ceil(min_time / warm)) if warm > 0 else 1
 
     def timed_batch(name: str) -> Callable[[], None]:
         def run() -> None:

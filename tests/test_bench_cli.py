@@ -161,6 +161,14 @@ def test_round_robin_batches_fast_calls_to_min_time():
     assert B.calls_in_round_robin(["fast", "slow"], 3, {"slow": 1}) == 4
 
 
+def test_round_robin_without_warmup_for_slow_calls():
+    timer, log = _fake_clock({"fast": 0.001, "slow": 0.5})
+    calls = {name: (lambda n=name: log.append(n)) for name in ("fast", "slow")}
+    times = B.round_robin(calls, 2, min_time=0.002, no_warmup={"slow"}, timer=timer)
+    assert log == ["fast"] + ["fast", "fast", "slow", "slow", "fast", "fast"]
+    assert times == {"fast": pytest.approx([0.001] * 2), "slow": [0.5, 0.5]}
+
+
 # ----------------------------------------------------------------------------------------------
 # Ratios and target checks on synthetic results
 

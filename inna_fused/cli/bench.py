@@ -146,6 +146,7 @@ def measure(workload_names, providers, dtypes, device, repeats, min_time=0.005,
                     progress.update(min(repeats, max_repeats.get(provider, repeats)))
             times = B.round_robin({p: r.step for p, r in runners.items()}, repeats,
                                   max_repeats=max_repeats, min_time=min_time,
+                                  no_warmup=set(max_repeats),  # make_runner took a first step
                                   on_call=(lambda _: progress.update(1)) if progress else None)
             for provider in providers:
                 row = {"workload": name, "kind": workload.kind, "numel": workload.numel,
