@@ -87,8 +87,7 @@ class INNA(Optimizer):
         super().__init__(params, defaults)
         # torch.amp.GradScaler hands grad_scale/found_inf to step() (every implementation honours them).
         self._step_supports_amp_scaling = True
-        self.register_load_state_dict_pre_hook(INNA._keep_saved_psis)
-        self.register_load_state_dict_post_hook(INNA._restore_psi_dtypes)
+        self._register_psi_dtype_hooks()
         for group in self.param_groups:
             self._implementation(group)  # raise/warn now rather than at the first step
 
@@ -104,6 +103,7 @@ class INNA(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._register_psi_dtype_hooks()  # pickling and deepcopy drop hooks
         for group in self.param_groups:
             # Groups saved by the authors' class lack the newer keys; its ψ convention is "zero"
             # (it matters for params that had no gradient yet when it saved).
@@ -124,7 +124,12 @@ class INNA(Optimizer):
 
     # torch.optim's load_state_dict casts every floating state tensor to its param's dtype, which
     # would turn the float32 ψ of a 16-bit param into bfloat16/float16 (losing precision, and the
-    # kernels need float32). The pre-hook keeps the saved ψ, the post-hook puts it back in ψ's dtype.
+    # kernels need float32). The pre-hook keeps the saved ψ, the post-hook restores its dtype.
+    def _register_psi_dtype_hooks(self) -> None:
+        if INNA._keep_saved_psis not in self._optimizer_load_state_dict_pre_hooks.values():
+            self.register_load_state_dict_pre_hook(INNA._keep_saved_psis)
+            self.register_load_state_dict_post_hook(INNA._restore_psi_dtypes)
+
     @staticmethod
     def _keep_saved_psis(optimizer: "INNA", state_dict: dict[str, Any]) -> None:
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]

@@ -1,6 +1,8 @@
 """Checkpoints: state_dict round trips through torch.save/torch.load across implementations,
 exact resumption, and state_dicts written by the authors' INNA class."""
+import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -114,6 +116,18 @@ def test_checkpoint_moves_between_implementations(save_impl, load_impl):
             torch.testing.assert_close(b, a, rtol=2e-2, atol=1e-2)
             torch.testing.assert_close(loader_opt.state[b]["psi"], straight_opt.state[a]["psi"],
                                        rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("copy_how", ["deepcopy", "pickle"])
+def test_copied_optimizer_still_keeps_float32_psi_on_load(copy_how):
+    model = make_model(torch.bfloat16)
+    opt = INNA(model.parameters(), **HYPER)
+    train(model, opt, range(2))
+    saved = opt.state_dict()
+    copied = copy.deepcopy(opt) if copy_how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    copied.load_state_dict(saved)
+    for p in copied.param_groups[0]["params"]:
+        assert copied.state[p]["psi"].dtype == torch.float32
 
 
 class AuthorsINNA(Optimizer):

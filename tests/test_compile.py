@@ -79,7 +79,9 @@ def test_compiled_step_with_lr_scheduler_does_not_recompile():
         opt = INNA(model.parameters(), lr=torch.tensor(0.05), fused=True, **HYPER)
         counter = CompileCounterWithBackend("eager")
         # Compiled before the scheduler wraps opt.step (dynamo does not trace that wrapper).
-        step = torch.compile(opt.step, fullgraph=True, backend=counter) if compile_step else opt.step
+        step = opt.step
+        if compile_step:
+            step = torch.compile(opt.step, fullgraph=True, backend=counter)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.8 ** k)
         x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
         for _ in range(4):

@@ -47,8 +47,9 @@ SCHEDULES = {
     # name: (scheduler factory, the lr of step k in closed form)
     "StepLR": (lambda opt: lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
                lambda lr0, k: lr0 * 0.5 ** (k // 3)),
-    "CosineAnnealingLR": (lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS, eta_min=0.01),
-                          lambda lr0, k: 0.01 + (lr0 - 0.01) * (1 + math.cos(math.pi * k / STEPS)) / 2),
+    "CosineAnnealingLR": (
+        lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS, eta_min=0.01),
+        lambda lr0, k: 0.01 + (lr0 - 0.01) * (1 + math.cos(math.pi * k / STEPS)) / 2),
     "LambdaLR": (lambda opt: lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + k)),
                  lambda lr0, k: lr0 / (1 + k)),
 }
