@@ -7,7 +7,6 @@ INNA_FUSED_DISABLE_NATIVE=1 skips loading it on purpose.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -32,13 +31,19 @@ def load_error() -> str | None:
     return _LOAD_ERROR
 
 
-@functools.lru_cache(maxsize=None)
+def _has_kernel(device_type: str) -> bool:
+    key = _DISPATCH_KEYS[device_type]
+    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
+
+
+# Asked once, at import (the extension registers all its kernels when it loads): a plain dict
+# lookup is something torch.compile can trace, the dispatcher query is not.
+_KERNEL_AVAILABLE = {device_type: _has_kernel(device_type) for device_type in _DISPATCH_KEYS}
+
+
 def kernel_available(device_type: str) -> bool:
-    """True when the fused op has a kernel for this device type (asks the dispatcher)."""
-    key = _DISPATCH_KEYS.get(device_type)
-    if _C is None or key is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
+    """True when the fused op has a kernel for this device type (asked of the dispatcher)."""
+    return _KERNEL_AVAILABLE.get(device_type, False)
 
 
 def unavailable_reason(device_type: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import sys
 from typing import Optional, Sequence, Union
 
 import torch
@@ -117,6 +118,36 @@ def _real_views(tensors: Sequence[Tensor]) -> list[Tensor]:
     return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
 
 
+def _local_tensors(tensors: Sequence[Tensor]) -> Sequence[Tensor]:
+    """DTensors (FSDP2's fully_shard, tensor parallelism) as their local shards.
+
+    INNA is element-wise, so each rank updates the shard it holds: a param, its grad and its ψ
+    (created by empty_like of the param) share one placement, hence one local shape. The local
+    tensor shares memory with the DTensor, so in-place updates land in it.
+    """
+    # No DTensor can exist before its module is imported; importing it here would cost time.
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    if dtensor_module is None:
+        return tensors
+    return [t.to_local() if isinstance(t, dtensor_module.DTensor) else t for t in tensors]
+
+
+def _group_by_device_and_dtype(lists: list[list[Tensor]]) -> dict:
+    """{(device, dtype): (lists of that group, indices)}, like torch.optim's helper. Under
+    torch.compile that helper returns one ungrouped (None, None) entry (it leaves grouping to
+    inductor), but the fused op needs one device and dtype per call: group here, in traceable
+    Python (device and dtype are static while tracing)."""
+    if not torch.compiler.is_compiling():
+        return torch.optim.Optimizer._group_tensors_by_device_and_dtype(lists)
+    groups: dict = {}
+    for i, p in enumerate(lists[0]):
+        group_lists, indices = groups.setdefault((p.device, p.dtype), ([[] for _ in lists], []))
+        for group_list, tensors in zip(group_lists, lists):
+            group_list.append(tensors[i])
+        indices.append(i)
+    return groups
+
+
 def inna(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -145,8 +176,9 @@ def inna(
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init)
+    params, grads, psis = _local_tensors(params), _local_tensors(grads), _local_tensors(psis)
     params, grads, psis = _real_views(params), _real_views(grads), _real_views(psis)
-    groups = torch.optim.Optimizer._group_tensors_by_device_and_dtype([params, grads, psis, steps])
+    groups = _group_by_device_and_dtype([params, grads, psis, steps])
     # The fused op validates its own call; with several groups every group is checked up front.
     if impl != "fused" or len(groups) > 1:
         check_tensors(params, grads, psis, steps)
