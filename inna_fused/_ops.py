@@ -70,13 +70,23 @@ def _fake_fused_inna(params, psis, grads, steps, *, lr, alpha, beta, decay_power
     n = len(params)
     torch._check(len(psis) == n and len(grads) == n and len(steps) == n,
                  lambda: "inna_fused::fused_inna_: lists must have equal lengths")
+    if n == 0:
+        return None
+    device = params[0].device
     lists = {"params": params, "psis": psis, "grads": grads, "steps": steps}
     for list_name, tensors in lists.items():
         for i, t in enumerate(tensors):
             torch._check_value(
-                t.device == params[0].device,
+                t.device == device,
                 lambda: f"inna_fused::fused_inna_: {list_name}[{i}] is on {t.device} but params[0] "
-                        f"is on {params[0].device}")
+                        f"is on {device}")
+    for arg_name, t in (("lr", lr), ("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if isinstance(t, torch.Tensor):
+            cpu_allowed = arg_name == "lr"  # as in the op: a CPU lr serves any device
+            torch._check_value(
+                t.device == device or (cpu_allowed and t.device.type == "cpu"),
+                lambda: f"inna_fused::fused_inna_: {arg_name} is on {t.device} but params are on "
+                        f"{device}")
     for i in range(n):
         torch._check(grads[i].shape == params[i].shape,
                      lambda: f"inna_fused::fused_inna_: grads[{i}] shape differs from params[{i}]")

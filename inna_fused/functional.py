@@ -173,6 +173,8 @@ def inna(
     if not (len(grads) == len(psis) == len(steps) == len(params)):
         raise ValueError(f"INNA: lists must have equal lengths, got params={len(params)} "
                          f"grads={len(grads)} psis={len(psis)} steps={len(steps)}")
+    if not params:
+        return  # torch's grouping rejects empty lists
     try:
         params, grads, psis = _real_views(params), _real_views(grads), _real_views(psis)
         groups = torch.optim.Optimizer._group_tensors_by_device_and_dtype(
