@@ -31,12 +31,22 @@ def test_toy_subgradient_matches_autograd(point):
     assert toy.objective(*point) == pytest.approx(objective.item())
 
 
-def test_toy_paper_setting_converges_to_minimum_with_alpha_1_3_beta_0_1():
-    # The paper's setting in full: γ = 1e-4, 88,000 steps, (α, β) = (1.3, 0.1) from (−1, 1.5).
-    (run,) = toy.run_toy([(1.3, 0.1)], steps=toy.PAPER_STEPS, lr=toy.PAPER_LR,
-                         record_every=1000)
-    assert math.dist(run.final, toy.MINIMUM) < 1e-2
-    assert run.objective[-1] < 1e-2 * run.objective[0]
+def test_toy_alpha_1_3_beta_0_1_reaches_the_minimum_and_beats_the_others():
+    # The paper runs 88,000 steps of γ = 1e-4, i.e. the DIN dynamics up to time T = 8.8. This
+    # suite covers the same horizon with γ = 1e-3 and 8,800 steps (10x cheaper: the full run costs
+    # ~15 s of CPU here, mostly INNA.step overhead on a 2-element param). γ = 1e-3 stays far inside
+    # explicit Euler's stable range: across the valley (Hessian eigenvalue λ = 400) the linearised
+    # DIN has rates s with s² + (α + βλ)s + λ = 0, so |s| ≤ 24 and γ|s| ≤ 0.024 for these (α, β).
+    # `python -m inna_fused toy` runs the exact paper setting for the docs.
+    runs = toy.run_toy(toy.PAPER_CONFIGS, steps=toy.PAPER_STEPS // 10, lr=toy.PAPER_LR * 10,
+                       record_every=100)
+    distance = {(r.alpha, r.beta): math.dist(r.final, toy.MINIMUM) for r in runs}
+    assert distance[(1.3, 0.1)] < 1e-2
+    # The paper's reading of Fig. 1: larger β damps the transverse oscillations, larger α the
+    # longitudinal ones, so (1.3, 0.1) ends closest and (0.5, 0.01) farthest.
+    assert distance[(1.3, 0.1)] < distance[(0.5, 0.1)] < distance[(0.5, 0.01)], distance
+    best = next(r for r in runs if (r.alpha, r.beta) == (1.3, 0.1))
+    assert best.objective[-1] < 1e-3 * best.objective[0]
 
 
 def test_toy_trajectory_is_the_reference_recursion():
@@ -101,7 +111,7 @@ def test_one_epoch_on_digits_reduces_training_loss(optimizer, digits):
                              progress=False)
     before, after = result["train_loss"]
     assert len(result["test_acc"]) == 2
-    assert after < 0.9 * before, f"{optimizer}: training loss {before:.4f} -> {after:.4f}"
+    assert after < 0.95 * before, f"{optimizer}: training loss {before:.4f} -> {after:.4f}"
 
 
 def test_same_seed_gives_same_initialisation_and_order(digits):
@@ -115,7 +125,7 @@ def test_same_seed_gives_same_initialisation_and_order(digits):
 
 
 def test_train_cli_writes_curves_and_summary(tmp_path, capsys):
-    argv = ["train", "--epochs", "1", "--seeds", "2", "--max-batches", "4", "--no-progress",
+    argv = ["train", "--epochs", "1", "--seeds", "2", "--max-batches", "2", "--no-progress",
             "--out", str(tmp_path)]
     assert cli(argv) == 0
     import json

@@ -46,8 +46,8 @@ def _standardised(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, to
 
 def _make(name, train_x, train_y, test_x, test_y, num_classes) -> ImageData:
     train_x, test_x = _standardised(train_x, test_x)
-    return ImageData(name, train_x, torch.as_tensor(np.asarray(train_y), dtype=torch.int64),
-                     test_x, torch.as_tensor(np.asarray(test_y), dtype=torch.int64), num_classes)
+    return ImageData(name, train_x, torch.tensor(np.asarray(train_y), dtype=torch.int64),
+                     test_x, torch.tensor(np.asarray(test_y), dtype=torch.int64), num_classes)
 
 
 def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> ImageData:
