@@ -196,8 +196,8 @@ const INNAOptions& inna_options_of(const torch::optim::OptimizerParamGroup& grou
 }  // namespace
 
 // torch::optim::Optimizer::add_param_group (not virtual) merges a group's own options only for
-// torch's optimizers and gives any other optimizer's groups the defaults (torch >= 2.9); INNA
-// puts each group's own options back.
+// torch's own optimizers and gives any other optimizer's groups the defaults (torch 2.14 does);
+// INNA puts each group's own options back.
 INNA::INNA(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
            INNAOptions defaults)
     : Optimizer(param_groups, std::make_unique<INNAOptions>(defaults)) {
