@@ -37,7 +37,8 @@ from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 
 def source_list(kind):
-    """The native sources. CMakeLists.txt globs the same two patterns."""
+    """The native sources. CMakeLists.txt globs the same two patterns, minus csrc/module.cpp (the
+    Python module init of inna_fused._C, which libtorch programs do not need)."""
     pattern = {"cpp": "csrc/*.cpp", "cu": "csrc/cuda/*.cu"}[kind]
     return sorted(glob.glob(pattern, root_dir=ROOT))  # setuptools wants relative paths
 
