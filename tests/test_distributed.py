@@ -1,0 +1,178 @@
+"""torch.distributed: DDP, ZeroRedundancyOptimizer and FSDP2 (fully_shard) with INNA, 2 processes
+on the gloo backend (CPU, 127.0.0.1 only).
+
+Each strategy trains the same model on the same global batch (each rank takes half of it) and
+must reach the params of single-process training on the whole batch. Starting processes costs
+far more than training a tiny model, so one pair of processes runs every strategy (a failure in
+one is recorded and reported by its own test) and the tests compare what rank 0 wrote.
+"""
+import datetime
+import os
+import socket
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from inna_fused import INNA, kernel_available
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+WORLD_SIZE = 2
+STEPS = 3
+HYPER = dict(lr=0.05, alpha=0.5, beta=0.1, decaypower=0.5, weight_decay=0.01)
+STRATEGIES = ["ddp", "zero", "fsdp2"]
+TIMEOUT_S = 120
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(),
+                               torch.nn.Linear(7, 3)).double()
+
+
+def global_batch():
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(8, 5, generator=g, dtype=torch.float64),
+            torch.randn(8, 3, generator=g, dtype=torch.float64))
+
+
+def local_batch(rank):
+    x, y = global_batch()
+    rows = slice(rank * len(x) // WORLD_SIZE, (rank + 1) * len(x) // WORLD_SIZE)
+    return x[rows], y[rows]
+
+
+def train(model, opt, x, y):
+    for _ in range(STEPS):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def optimizer_kwargs():
+    return dict(HYPER, fused=True if kernel_available("cpu") else None)
+
+
+def run_ddp(rank):
+    from torch.nn.parallel import DistributedDataParallel
+    model = DistributedDataParallel(make_model())
+    opt = INNA(model.parameters(), **optimizer_kwargs())
+    train(model, opt, *local_batch(rank))
+    return dict(params=[p.detach().clone() for p in model.module.parameters()])
+
+
+def run_zero(rank):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+    model = DistributedDataParallel(make_model())
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=INNA, **optimizer_kwargs())
+    train(model, opt, *local_batch(rank))
+    return dict(params=[p.detach().clone() for p in model.module.parameters()],
+                local_states=len(opt.optim.state))
+
+
+def run_fsdp2(rank):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+    model = make_model()
+    fully_shard(model[0])
+    fully_shard(model)
+    opt = INNA(model.parameters(), **optimizer_kwargs())
+    train(model, opt, *local_batch(rank))
+    psis = [opt.state[p]["psi"] for p in model.parameters()]
+    return dict(params=[p.full_tensor().detach() for p in model.parameters()],
+                params_are_dtensors=all(isinstance(p, DTensor) for p in model.parameters()),
+                psis_are_dtensors=all(isinstance(psi, DTensor) for psi in psis),
+                full_psis=[psi.full_tensor() for psi in psis],
+                local_numel=sum(p.to_local().numel() for p in model.parameters()))
+
+
+RUNNERS = {"ddp": run_ddp, "zero": run_zero, "fsdp2": run_fsdp2}
+
+
+def worker(rank, port, out_dir):
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=60))
+    results = {}
+    try:
+        for name in STRATEGIES:
+            start = time.perf_counter()
+            try:
+                results[name] = RUNNERS[name](rank)
+            except Exception:  # recorded, and reported by the strategy's own test
+                results[name] = dict(error=traceback.format_exc())
+            results[name]["seconds"] = time.perf_counter() - start
+            dist.barrier()
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_local_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp("distributed"))
+    context = mp.start_processes(worker, args=(free_local_port(), out_dir), nprocs=WORLD_SIZE,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
+            for r in range(WORLD_SIZE)]
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    model = make_model()
+    opt = INNA(model.parameters(), **optimizer_kwargs())
+    train(model, opt, *global_batch())
+    return model, opt
+
+
+def check_strategy(results, single_process, name):
+    model, _ = single_process
+    for rank, by_strategy in enumerate(results):
+        outcome = by_strategy[name]
+        assert "error" not in outcome, f"rank {rank}:\n{outcome.get('error')}"
+        for i, (got, want) in enumerate(zip(outcome["params"], model.parameters())):
+            torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12,
+                                       msg=lambda m: f"{name}, rank {rank}, param {i}: {m}")
+    return [r[name] for r in results]
+
+
+def test_ddp_matches_single_process(results, single_process):
+    check_strategy(results, single_process, "ddp")
+
+
+def test_zero_redundancy_optimizer_matches_single_process(results, single_process):
+    outcomes = check_strategy(results, single_process, "zero")
+    n_params = len(list(single_process[0].parameters()))
+    # Each rank keeps INNA state for its own partition only.
+    assert sum(o["local_states"] for o in outcomes) == n_params
+    assert all(0 < o["local_states"] < n_params for o in outcomes)
+
+
+def test_fsdp2_updates_local_shards_and_matches_single_process(results, single_process):
+    outcomes = check_strategy(results, single_process, "fsdp2")
+    model, opt = single_process
+    assert all(o["params_are_dtensors"] and o["psis_are_dtensors"] for o in outcomes)
+    # The shards partition the params: each rank updated only its part.
+    assert sum(o["local_numel"] for o in outcomes) == sum(p.numel() for p in model.parameters())
+    for i, (got, p) in enumerate(zip(outcomes[0]["full_psis"], model.parameters())):
+        torch.testing.assert_close(got, opt.state[p]["psi"], rtol=1e-10, atol=1e-12,
+                                   msg=lambda m: f"fsdp2 psi {i}: {m}")
