@@ -310,7 +310,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("elements (one flat tensor)")
-    ax.set_ylabel("effective bandwidth, GB/s (bytes that must move / median step)")
+    ax.set_ylabel("effective GB/s\n(bytes the step must move / median time)", fontsize=9)
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -365,7 +365,7 @@ def run(args) -> int:
     print()
     print(format_checks(checks))
     if args.json:
-        result = {"schema": "inna_fused.bench/1", "command": " ".join(sys.argv),
+        result = {"schema": "inna_fused.bench/1", "command": "python -m inna_fused " + " ".join(sys.argv[1:]),
                   "environment": env,
                   "settings": {"repeats": args.repeats, "min_time_s": args.min_time,
                                "max_repeats": DEFAULT_MAX_REPEATS, "workloads": workloads,
