@@ -57,17 +57,23 @@ void check_scalar_tensor(const at::Tensor& t, const char* what, const at::Device
                     " is on ", t.device(), " but params are on ", device);
 }
 
-// Address range [lo, hi) covered by a strided tensor (all torch strides are >= 0).
+// Address range [lo, hi) covered by a strided tensor (all torch strides are >= 0), and which
+// argument it is. The name is spelled out only for an error message: building a string per span
+// cost about as much as the rest of the validation on lists of thousands of tensors.
 struct Span {
   uintptr_t lo, hi;
-  std::string who;
+  const char* list;  // "params", "psis", "grads", "steps", or a scalar argument's name
+  int64_t index;     // position in the list; -1 for a scalar argument
+  std::string who() const {
+    return index < 0 ? std::string(list) : name(list, static_cast<size_t>(index));
+  }
 };
 
-Span span_of(const at::Tensor& t, std::string who) {
+Span span_of(const at::Tensor& t, const char* list, int64_t index = -1) {
   auto lo = reinterpret_cast<uintptr_t>(t.data_ptr());
   int64_t last = 0;
   for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
-  return {lo, lo + static_cast<uintptr_t>((last + 1) * t.element_size()), std::move(who)};
+  return {lo, lo + static_cast<uintptr_t>((last + 1) * t.element_size()), list, index};
 }
 
 // Tensors written by the call must not share memory with each other or with any tensor read by
@@ -75,15 +81,15 @@ Span span_of(const at::Tensor& t, std::string who) {
 void check_no_overlap(std::vector<Span> written, const std::vector<Span>& read) {
   std::sort(written.begin(), written.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
   for (size_t i = 1; i < written.size(); ++i) {
-    TORCH_CHECK_VALUE(written[i].lo >= written[i - 1].hi, kOp, written[i - 1].who, " and ",
-                      written[i].who, " overlap in memory; every param, psi and step of a call ",
+    TORCH_CHECK_VALUE(written[i].lo >= written[i - 1].hi, kOp, written[i - 1].who(), " and ",
+                      written[i].who(), " overlap in memory; every param, psi and step of a call ",
                       "must own its memory");
   }
   for (const auto& r : read) {
     // First written span whose end lies beyond r.lo; it is the only candidate for an overlap.
     auto it = std::upper_bound(written.begin(), written.end(), r.lo,
                                [](uintptr_t x, const Span& s) { return x < s.hi; });
-    TORCH_CHECK_VALUE(it == written.end() || it->lo >= r.hi, kOp, r.who, " and ", it->who,
+    TORCH_CHECK_VALUE(it == written.end() || it->lo >= r.hi, kOp, r.who(), " and ", it->who(),
                       " overlap in memory; a tensor the step reads must not alias one it writes");
   }
 }
@@ -158,11 +164,11 @@ void validate(at::TensorList params, at::TensorList psis, at::TensorList grads,
                         name("params", i), " has internally overlapping memory (e.g. expand())");
       TORCH_CHECK_VALUE(at::has_internal_overlap(psi) != at::MemOverlap::Yes, kOp,
                         name("psis", i), " has internally overlapping memory");
-      written.push_back(span_of(p, name("params", i)));
-      written.push_back(span_of(psi, name("psis", i)));
-      read.push_back(span_of(g, name("grads", i)));
+      written.push_back(span_of(p, "params", i));
+      written.push_back(span_of(psi, "psis", i));
+      read.push_back(span_of(g, "grads", i));
     }
-    written.push_back(span_of(step, name("steps", i)));
+    written.push_back(span_of(step, "steps", i));
   }
 
   if (h.lr_tensor) {

@@ -69,10 +69,29 @@ def build_info() -> dict:
 def _fake_fused_inna(params, psis, grads, steps, *, lr, alpha, beta, decay_power, weight_decay,
                      decoupled_weight_decay, paper_init, maximize, grad_scale=None,
                      found_inf=None):
-    # Shape-level checks only; the real op validates values and memory.
+    # Shape- and device-level checks only; the real op validates values and memory. The device
+    # check also stops a list that mixes real tensors with a stray meta tensor: dispatch sends such
+    # a call here, and returning would silently skip the step.
     n = len(params)
     torch._check(len(psis) == n and len(grads) == n and len(steps) == n,
                  lambda: "inna_fused::fused_inna_: lists must have equal lengths")
+    if n == 0:
+        return None
+    device = params[0].device
+    lists = {"params": params, "psis": psis, "grads": grads, "steps": steps}
+    for list_name, tensors in lists.items():
+        for i, t in enumerate(tensors):
+            torch._check_value(
+                t.device == device,
+                lambda: f"inna_fused::fused_inna_: {list_name}[{i}] is on {t.device} but params[0] "
+                        f"is on {device}")
+    for arg_name, t in (("lr", lr), ("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if isinstance(t, torch.Tensor):
+            cpu_allowed = arg_name == "lr"  # as in the op: a CPU lr serves any device
+            torch._check_value(
+                t.device == device or (cpu_allowed and t.device.type == "cpu"),
+                lambda: f"inna_fused::fused_inna_: {arg_name} is on {t.device} but params are on "
+                        f"{device}")
     for i in range(n):
         torch._check(grads[i].shape == params[i].shape,
                      lambda: f"inna_fused::fused_inna_: grads[{i}] shape differs from params[{i}]")

@@ -58,15 +58,28 @@ def _span(t: Tensor) -> tuple[int, int]:
     return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 
+def _overlaps_itself(t: Tensor) -> bool:
+    """What at::has_internal_overlap calls certain: a size > 1 dimension of stride 0 (expand())."""
+    return any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride()))
+
+
 def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], psis: Sequence[Tensor],
-                  steps: Sequence[Tensor]) -> None:
-    """Check every tensor of a call (the compiled op repeats these checks in C++)."""
+                  steps: Sequence[Tensor], *, fused: bool = False) -> None:
+    """Check every tensor of a call (the compiled op repeats these checks in C++).
+
+    Step counts live on their param's device, or on the CPU unless `fused` (the compiled op
+    reads them on the device).
+    """
     n = len(params)
     if not (len(grads) == len(psis) == len(steps) == n):
         raise ValueError(f"INNA: lists must have equal lengths, got params={n} grads={len(grads)} "
                          f"psis={len(psis)} steps={len(steps)}")
+    compiling = torch.compiler.is_compiling()
     written, read = [], []
     for i, (p, g, psi, step) in enumerate(zip(params, grads, psis, steps)):
+        for list_name, t in (("params", p), ("grads", g), ("psis", psi), ("steps", step)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"INNA: {list_name}[{i}] is {type(t).__name__}, not a Tensor")
         if p.dtype not in _PARAM_DTYPES:
             hint = " (complex params are updated through torch.view_as_real)" if p.is_complex() else ""
             raise TypeError(f"INNA: params[{i}] has dtype {p.dtype}; supported are float32, "
@@ -82,20 +95,32 @@ def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], psis: Seque
         if g.shape != p.shape:
             raise ValueError(f"INNA: grads[{i}] has shape {tuple(g.shape)} but its param has "
                              f"shape {tuple(p.shape)}")
+        if psi.layout != torch.strided:
+            raise TypeError(f"INNA: psis[{i}] has layout {psi.layout}; psi must be strided")
         if psi.dtype != psi_dtype(p.dtype):
             raise TypeError(f"INNA: psis[{i}] has dtype {psi.dtype} but a {p.dtype} param needs "
                             f"a {psi_dtype(p.dtype)} psi")
         if psi.device != p.device or psi.shape != p.shape:
             raise ValueError(f"INNA: psis[{i}] ({tuple(psi.shape)} on {psi.device}) does not "
                              f"match its param ({tuple(p.shape)} on {p.device})")
-        if step.numel() != 1 or not step.is_floating_point():
-            raise TypeError(f"INNA: steps[{i}] must be a one-element floating tensor, got "
-                            f"{step.dtype} of shape {tuple(step.shape)}")
-        if p.numel() > 0 and not torch.compiler.is_compiling():
+        # float16/bfloat16 counts stop growing at 2048/256 steps, so only float32/float64 count.
+        if step.numel() != 1 or step.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"INNA: steps[{i}] must be a one-element float32 or float64 tensor, "
+                            f"got {step.dtype} of shape {tuple(step.shape)}")
+        if step.device != p.device and (fused or step.device.type != "cpu"):
+            where = "its param's device" if fused else "its param's device or the CPU"
+            raise ValueError(f"INNA: steps[{i}] is on {step.device} but must be on {where} "
+                             f"({p.device})")
+        if compiling:
+            continue
+        if p.numel() > 0:
+            for list_name, t in (("params", p), ("psis", psi)):
+                if _overlaps_itself(t):
+                    raise ValueError(f"INNA: {list_name}[{i}] has internally overlapping memory "
+                                     "(e.g. expand()); the step would write one element twice")
             written += [(*_span(p), f"params[{i}]"), (*_span(psi), f"psis[{i}]")]
             read.append((*_span(g), f"grads[{i}]"))
-        if not torch.compiler.is_compiling():
-            written.append((*_span(step), f"steps[{i}]"))
+        written.append((*_span(step), f"steps[{i}]"))
     _check_no_overlap(written, read)
 
 
@@ -176,16 +201,31 @@ def inna(
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init)
-    params, grads, psis = _local_tensors(params), _local_tensors(grads), _local_tensors(psis)
-    params, grads, psis = _real_views(params), _real_views(grads), _real_views(psis)
-    groups = _group_by_device_and_dtype([params, grads, psis, steps])
-    # The fused op validates its own call; with several groups every group is checked up front.
+    if not (len(grads) == len(psis) == len(steps) == len(params)):
+        raise ValueError(f"INNA: lists must have equal lengths, got params={len(params)} "
+                         f"grads={len(grads)} psis={len(psis)} steps={len(steps)}")
+    if not params:
+        return  # torch's grouping rejects empty lists
+    try:
+        params, grads, psis = _local_tensors(params), _local_tensors(grads), _local_tensors(psis)
+        params, grads, psis = _real_views(params), _real_views(grads), _real_views(psis)
+        groups = _group_by_device_and_dtype([params, grads, psis, steps])
+    except (AttributeError, RuntimeError):
+        # A non-tensor entry or mismatched tensors: name the culprit rather than torch's grouping.
+        check_tensors(params, grads, psis, steps, fused=impl == "fused")
+        raise
+    # The fused op validates its own call, so one group is all-or-nothing by itself; with several
+    # groups every group is checked before the first one is written.
     if impl != "fused" or len(groups) > 1:
-        check_tensors(params, grads, psis, steps)
+        check_tensors(params, grads, psis, steps, fused=impl == "fused")
     if impl == "fused":
         for (device, _), ((p, g, s, k), _) in groups.items():
             if not _ops.kernel_available(device.type):
                 raise RuntimeError(f"INNA fused path on {device}: {_ops.unavailable_reason(device.type)}")
+            if isinstance(lr, Tensor) and lr.device.type != "cpu" and lr.device != device:
+                raise ValueError(f"INNA: lr is a tensor on {lr.device} but some params are on "
+                                 f"{device}; the fused kernel reads lr on the CPU or the params' "
+                                 "device")
     hyper = dict(alpha=alpha, beta=beta, decay_power=decay_power, weight_decay=weight_decay,
                  decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     run = {"fused": _fused_inna, "foreach": _foreach_inna, "reference": _reference_inna}[impl]

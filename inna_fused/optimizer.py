@@ -1,6 +1,7 @@
 """`INNA`, a torch.optim.Optimizer: a drop-in superset of the authors' class."""
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Optional, Union
 
@@ -181,15 +182,84 @@ class INNA(Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.float32,
                                             device=p.device if on_device else "cpu")
                 # Filled by the first step in the same pass (its contents are never read before).
-                psi_type = psi_dtype(torch.view_as_real(p).dtype if p.is_complex() else p.dtype)
-                if p.is_complex():
-                    psi_type = torch.complex128 if psi_type == torch.float64 else torch.complex64
-                state["psi"] = torch.empty_like(p, dtype=psi_type,
+                state["psi"] = torch.empty_like(p, dtype=self._psi_dtype_of(p),
                                                 memory_format=torch.preserve_format)
             elif on_device and state["step"].device != p.device:
                 state["step"] = state["step"].to(p.device)
             psis.append(state["psi"])
             steps.append(state["step"])
+
+    @staticmethod
+    def _check_groups_before_writes(work) -> None:
+        """With several param groups, each inna() call is all-or-nothing on its own; check here, for
+        every group, what fails in normal use (hyper-parameters changed after construction, sparse
+        grads), so that a step either moves all groups or none. Cheap: the full per-tensor checks
+        run inside each call (in C++ for the fused path)."""
+        for group_index, (group, _, params, grads, _, _) in enumerate(work):
+            check_hyperparameters(group["lr"], group["alpha"], group["beta"], group["decaypower"],
+                                  group["weight_decay"], group["psi_init"])
+            for grad in grads:
+                if grad.layout != torch.strided:
+                    raise TypeError(f"INNA: a param of param group {group_index} has a "
+                                    f"{grad.layout} grad; INNA does not support sparse gradients")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch.optim's load_state_dict, plus: every saved ψ and step is checked against its
+        param first (a bad checkpoint raises here, and nothing is loaded), and ψ keeps its own
+        precision (torch.optim would cast it to a 16-bit param's dtype)."""
+        saved_psis = self._check_saved_state(state_dict)
+        super().load_state_dict(state_dict)
+        for p, psi in saved_psis.items():
+            state = self.state[p]
+            state["psi"] = psi.to(device=p.device, dtype=self._psi_dtype_of(p))
+            if state["step"].dtype not in (torch.float32, torch.float64):
+                state["step"] = state["step"].to(torch.float32)  # e.g. an integer tensor
+
+    @staticmethod
+    def _psi_dtype_of(p: Tensor) -> torch.dtype:
+        if p.is_complex():
+            return torch.complex128 if p.dtype == torch.complex128 else torch.complex64
+        return psi_dtype(p.dtype)
+
+    def _check_saved_state(self, state_dict: dict[str, Any]) -> dict[Tensor, Tensor]:
+        """Validate the per-param state of a state_dict; return {param: saved ψ}."""
+        saved_groups = state_dict.get("param_groups")
+        if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups) or any(
+                len(s.get("params", ())) != len(g["params"])
+                for s, g in zip(saved_groups, self.param_groups)):
+            return {}  # torch.optim's load_state_dict reports structural mismatches
+        param_of = dict(zip((i for s in saved_groups for i in s["params"]),
+                            (p for g in self.param_groups for p in g["params"])))
+        saved_psis = {}
+        for key, st in state_dict.get("state", {}).items():
+            p = param_of.get(key)
+            if p is None or not st:
+                continue
+            where = f"INNA.load_state_dict: state of param {key} (shape {tuple(p.shape)})"
+            if "psi" not in st or "step" not in st:
+                raise ValueError(f"{where} lacks {'psi' if 'psi' not in st else 'step'}")
+            psi, step = st["psi"], st["step"]
+            if not torch.is_tensor(psi) or psi.shape != p.shape:
+                got = tuple(psi.shape) if torch.is_tensor(psi) else type(psi).__name__
+                raise ValueError(f"{where}: psi must be a tensor of the param's shape, got {got}")
+            if psi.is_complex() != p.is_complex() or not (psi.is_floating_point()
+                                                          or psi.is_complex()):
+                raise TypeError(f"{where}: psi has dtype {psi.dtype}, which cannot hold the state "
+                                f"of a {p.dtype} param")
+            if torch.is_tensor(step):
+                if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
+                    raise TypeError(f"{where}: step must be a number or a one-element real "
+                                    f"tensor, got {step.dtype} of shape {tuple(step.shape)}")
+                step_value = float(step)
+            elif isinstance(step, (int, float)) and not isinstance(step, bool):
+                step_value = float(step)
+            else:
+                raise TypeError(f"{where}: step must be a number or a tensor, got "
+                                f"{type(step).__name__}")
+            if not (math.isfinite(step_value) and step_value >= 0 and step_value.is_integer()):
+                raise ValueError(f"{where}: step must be a whole number >= 0, got {step_value}")
+            saved_psis[p] = psi
+        return saved_psis
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -200,12 +270,18 @@ class INNA(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # Gather every group before writing any, so that what is checked here (and the
+        # implementation choice) fails before the first group moves.
+        work = []
         for group in self.param_groups:
             impl = self._implementation(group)
             params, grads, psis, steps = [], [], [], []
             self._init_group(group, params, grads, psis, steps, on_device=impl == "fused")
-            if not params:
-                continue
+            if params:
+                work.append((group, impl, params, grads, psis, steps))
+        if len(work) > 1:
+            self._check_groups_before_writes(work)
+        for group, impl, params, grads, psis, steps in work:
             inna(params, grads, psis, steps, lr=group["lr"], alpha=group["alpha"],
                  beta=group["beta"], decay_power=group["decaypower"],
                  weight_decay=group["weight_decay"],

@@ -1,0 +1,52 @@
+"""pytest-benchmark suite of the INNA step (not part of the default `pytest tests` run).
+
+    pytest bench                                   # everything (minutes; GPT-2/BERT rows are big)
+    pytest bench -m "not slow"                     # the quicker subset
+    pytest bench --benchmark-disable -m "not slow" # CI smoke run: tiny sizes, each step run once
+
+Rows are grouped per (device, dtype, workload), so pytest-benchmark's table puts the providers of
+one workload side by side; each row's extra_info holds the bytes one step must move, so effective
+GB/s = extra_info["bytes_per_step"] / time (also stored as extra_info["gbps_median"]).
+"""
+import pytest
+import torch
+
+from inna_fused import benchmarking as B
+
+# Big or many-tensor workloads; the per-parameter loop on them takes seconds per step.
+SLOW_WORKLOADS = {"flat-2^26", "gpt2-small", "bert-base", "tiny-10000", "gpt2-small-flat",
+                  "bert-base-flat"}
+WORKLOADS = B.FLAT_LADDER + ("resnet50", "resnet50-flat", "gpt2-small", "bert-base", "tiny-10000")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: big workloads, left out of the CI smoke run")
+
+
+def _devices_and_dtypes():
+    rows = [("cpu", torch.float32), ("cpu", torch.bfloat16)]
+    # Collection-time question to the driver only; no CUDA context is created here.
+    if torch.cuda.is_available():
+        rows += [("cuda", torch.float32), ("cuda", torch.bfloat16), ("cuda", torch.float16)]
+    return rows
+
+
+def pytest_generate_tests(metafunc):
+    if not {"device", "dtype", "workload_name", "provider"} <= set(metafunc.fixturenames):
+        return
+    params = []
+    for device, dtype in _devices_and_dtypes():
+        for workload in WORKLOADS:
+            for provider in B.PROVIDERS:
+                marks = [pytest.mark.slow] if workload in SLOW_WORKLOADS else []
+                dtype_name = str(dtype).removeprefix("torch.")
+                params.append(pytest.param(device, dtype, workload, provider, marks=marks,
+                                           id=f"{device}-{dtype_name}-{workload}-{provider}"))
+    metafunc.parametrize(("device", "dtype", "workload_name", "provider"), params)
+
+
+@pytest.fixture
+def smoke(request) -> bool:
+    """True under --benchmark-disable: the run only checks that every row still works, on tiny
+    stand-ins of the workloads."""
+    return bool(request.config.getoption("benchmark_disable"))

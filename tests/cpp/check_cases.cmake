@@ -1,0 +1,15 @@
+# cmake -DEXE=<test_optim> -DCASES=<a;b;...> -P check_cases.cmake: fails when the executable has
+# a case that CMakeLists.txt does not register (or the other way round).
+execute_process(COMMAND ${EXE} --list OUTPUT_VARIABLE listed RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${EXE} --list failed (${rc})")
+endif()
+string(STRIP "${listed}" listed)
+string(REPLACE "\n" ";" listed "${listed}")
+list(SORT listed)
+set(registered ${CASES})
+list(SORT registered)
+if(NOT listed STREQUAL registered)
+  message(FATAL_ERROR "test cases differ:\n  executable: ${listed}\n  CTest:      ${registered}")
+endif()
+message(STATUS "every case registered: ${listed}")

@@ -1,0 +1,111 @@
+"""Shared by the reliability tests: strided views inside guarded buffers, and the rounding error
+an INNA step may honestly have (to compare a fast path with the reference)."""
+import math
+
+import torch
+
+from inna_fused.reference import psi_dtype
+
+# How a view sits in its buffer. "expanded" (stride 0) is only valid for read-only grads.
+LAYOUTS = ("contiguous", "offset", "transposed", "step")
+GRAD_LAYOUTS = LAYOUTS + ("expanded",)
+MARGIN = 16  # poisoned elements on each side of every view
+POISON = 1234.5
+
+
+class GuardedView:
+    """A view of `shape` with the given layout, inside a buffer whose other elements are poison.
+
+    After a call, `untouched_outside()` says whether anything outside the view's elements changed.
+    """
+
+    def __init__(self, shape, dtype, layout, gen, device="cpu"):
+        shape = tuple(shape)
+        numel = math.prod(shape)
+        if layout == "transposed" and len(shape) >= 2:
+            dims = list(range(len(shape)))[::-1]
+            stored_shape, make = shape[::-1], (lambda t: t.permute(dims))
+        elif layout == "step" and len(shape) >= 1:
+            stored_shape, make = shape[:-1] + (2 * shape[-1],), (lambda t: t[..., ::2])
+        elif layout == "expanded" and len(shape) >= 1:
+            stored_shape, make = shape[:-1] + (1,), (lambda t: t.expand(shape))
+        else:
+            stored_shape, make = shape, (lambda t: t)
+        stored = math.prod(stored_shape)
+        offset = MARGIN + (1 if layout == "offset" else 0)  # odd offset: unaligned data pointer
+        self.buffer = torch.full((stored + 2 * MARGIN + 1,), POISON, dtype=dtype, device=device)
+        block = self.buffer[offset:offset + stored].view(stored_shape)
+        block.copy_(torch.randn(stored_shape, generator=gen, dtype=torch.float64).to(dtype))
+        self.view = make(block)
+        assert tuple(self.view.shape) == shape
+        self.before = self.buffer.clone()
+        inside = torch.zeros(self.buffer.numel(), dtype=torch.bool)
+        if numel:
+            inside.as_strided(self.view.shape, self.view.stride(),
+                              self.view.storage_offset()).fill_(True)
+        self.outside = ~inside
+
+    def untouched_outside(self):
+        return torch.equal(self.buffer[self.outside], self.before[self.outside])
+
+
+def _magnitude(t):
+    """|t| in float64; a non-finite input next to a finite output is one the output does not
+    depend on, so it adds nothing to the bound."""
+    return torch.nan_to_num(t.double().abs(), nan=0.0, posinf=0.0)
+
+
+def error_bounds(theta, grad, psi, k, *, lr, alpha, beta, decay_power=0.0, weight_decay=0.0,
+                 psi_init="paper", grad_factor=1.0):
+    """Per-element bounds on |fast − reference| for θ and ψ after one step from (θ, g, ψ).
+
+    Both paths evaluate the same expression in the opmath type (eps u) with differently ordered
+    roundings, so the difference is a few u times the magnitudes the expression adds up (θ, ψ/β
+    and β·v nearly cancel in the phase, so the bound must follow them, not the result). Add
+    `rounding_slack` for the final rounding into the storage dtype.
+    """
+    u = torch.finfo(psi_dtype(theta.dtype)).eps
+    th, v = _magnitude(theta), _magnitude(grad) * abs(grad_factor)
+    gamma = lr if decay_power == 0 else lr / (k + 1.0) ** decay_power
+    if k == 0:
+        ps = abs(1 - alpha * beta) * th
+        if psi_init == "paper":
+            ps = ps + abs(beta * beta - beta) * v
+    else:
+        ps = _magnitude(psi)
+    phase = abs(alpha - 1 / beta) * th + ps / beta
+    psi_bound = 16 * u * (ps + gamma * phase)
+    theta_bound = 16 * u * (th + gamma * (phase + beta * v + weight_decay * th))
+    return theta_bound, psi_bound
+
+
+def rounding_slack(expected, dtype):
+    """One rounding of `expected` into `dtype`, denormals included."""
+    info = torch.finfo(dtype)
+    return info.eps * expected.double().abs() + 2 * info.smallest_normal * info.eps
+
+
+def nonfinite_kinds(t):
+    t = t.double()
+    return {"nan": torch.isnan(t), "+inf": t == math.inf, "-inf": t == -math.inf}
+
+
+def assert_matches(actual, expected, bound, what, exact_kind=True):
+    """Same non-finite positions as `expected` (and the same kind — nan, +inf, -inf — unless
+    `exact_kind` is False); finite values within `bound` (a tensor of per-element bounds)."""
+    a, e = actual.double(), expected.double()
+    if exact_kind:
+        kinds_a, kinds_e = nonfinite_kinds(a), nonfinite_kinds(e)
+        for kind in kinds_a:
+            assert torch.equal(kinds_a[kind], kinds_e[kind]), (
+                f"{what}: {kind} at {kinds_a[kind].nonzero().flatten().tolist()} vs reference "
+                f"{kinds_e[kind].nonzero().flatten().tolist()}")
+    else:
+        assert torch.equal(torch.isfinite(a), torch.isfinite(e)), (
+            f"{what}: non-finite at {(~torch.isfinite(a)).nonzero().flatten().tolist()} vs "
+            f"reference {(~torch.isfinite(e)).nonzero().flatten().tolist()}")
+    finite = torch.isfinite(a) & torch.isfinite(e)
+    bad = finite & ~((a - e).abs() <= bound)
+    assert not bad.any(), (f"{what}: at flat {bad.flatten().nonzero().flatten().tolist()[:5]} got "
+                           f"{a[bad][:5].tolist()} vs reference {e[bad][:5].tolist()} "
+                           f"(bound {bound.expand_as(a)[bad][:5].tolist()})")

@@ -1,0 +1,243 @@
+"""The logic behind the benchmarks: bytes accounting, workload shapes, interleaved timing, the
+ratios and target checks, and `python -m inna_fused bench --json/--plot` on a tiny run."""
+import json
+import math
+
+import pytest
+import torch
+
+from inna_fused import benchmarking as B
+from inna_fused import kernel_available
+from inna_fused.__main__ import main
+from inna_fused.cli import bench as cli
+
+# ----------------------------------------------------------------------------------------------
+# Bytes per element: reads + writes of one step
+
+
+def _size(dtype):
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],
+                         ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("provider", B.INNA_PROVIDERS)
+def test_inna_moves_theta_grad_psi_in_and_theta_psi_out(provider, dtype):
+    psi = 8 if dtype == torch.float64 else 4  # ψ is float32 for 16-bit params
+    expected = (_size(dtype) + _size(dtype) + psi) + (_size(dtype) + psi)
+    assert B.bytes_per_element(provider, dtype) == expected
+
+
+def test_documented_byte_counts():
+    # docs/PERFORMANCE.md: INNA 20 (fp32) / 14 (bf16 with fp32 ψ), Adam 28, SGD momentum 20,
+    # stream 12; bf16 Adam keeps its moments in bf16 (torch's choice): 7 × 2.
+    assert B.bytes_per_element("fused", torch.float32) == 20
+    assert B.bytes_per_element("fused", torch.bfloat16) == 14
+    assert B.bytes_per_element("adam", torch.float32) == 28
+    assert B.bytes_per_element("adamw", torch.bfloat16) == 14
+    assert B.bytes_per_element("sgd", torch.float32) == 20
+    assert B.bytes_per_element("stream", torch.bfloat16) == 12  # the yardstick is always fp32
+
+
+def test_bytes_per_step_scales_with_elements():
+    workload = B.make_workload("resnet50")
+    assert B.bytes_per_step("fused", torch.float32, workload) == 20 * workload.numel
+
+
+def test_unknown_provider_is_named():
+    with pytest.raises(ValueError, match="lion"):
+        B.bytes_per_element("lion", torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Workloads
+
+
+@pytest.mark.parametrize("name, numel, tensors", [
+    ("resnet50", 25_557_032, 161),     # torchvision's ResNet-50
+    ("gpt2-small", 124_439_808, 148),  # Hugging Face GPT2Model ("124M")
+    ("bert-base", 109_482_240, 199),   # Hugging Face BertModel, uncased ("110M")
+], ids=["resnet50", "gpt2-small", "bert-base"])
+def test_model_shapes_match_published_sizes(name, numel, tensors):
+    workload = B.make_workload(name)
+    assert workload.kind == "list"
+    assert workload.numel == numel
+    assert workload.tensors == tensors
+
+
+@pytest.mark.parametrize("name, embeddings", [
+    ("gpt2-small", [(50257, 768), (1024, 768)]),
+    ("bert-base", [(30522, 768), (512, 768), (2, 768)]),
+])
+def test_transformer_layers_match_torch_encoder_layer(name, embeddings):
+    # Independent count: one torch encoder layer with the same width has the same parameters
+    # (fused or separate q/k/v, two layer norms, the MLP) as one GPT-2 / BERT layer.
+    layer = torch.nn.TransformerEncoderLayer(768, 12, 3072)
+    per_layer = sum(p.numel() for p in layer.parameters())
+    shapes = B.make_workload(name).shapes
+    rest = sum(math.prod(s) for s in shapes) - sum(math.prod(s) for s in embeddings)
+    head = 2 * 768 if name == "gpt2-small" else 2 * 768 + 768 * 768 + 768  # ln_f / norm + pooler
+    assert rest == 12 * per_layer + head
+    assert list(shapes[:len(embeddings)]) == embeddings
+
+
+def test_tiny_and_flat_workloads():
+    tiny = B.make_workload("tiny-10000")
+    assert tiny.tensors == 10_000 and tiny.numel == 10_000 * 1_000
+    assert B.make_workload("flat-2^20").shapes == ((1 << 20,),)
+    assert B.make_workload("flat-1000").numel == 1000
+    flat = B.make_workload("resnet50-flat")
+    assert flat.kind == "flat" and flat.tensors == 1
+    assert flat.numel == B.make_workload("resnet50").numel
+    assert B.flat_name(1 << 25) == "flat-2^25"
+
+
+def test_unknown_workload_is_named():
+    with pytest.raises(ValueError, match="vgg16"):
+        B.make_workload("vgg16")
+
+
+def test_shrink_keeps_name_and_kind_and_is_tiny():
+    small = B.shrink(B.make_workload("tiny-10000"), max_tensors=5, max_numel=7)
+    assert (small.name, small.kind, small.tensors) == ("tiny-10000", "list", 5)
+    assert small.numel <= 35
+
+
+# ----------------------------------------------------------------------------------------------
+# Providers: each runner really runs its optimizer
+
+
+def test_runners_of_all_inna_providers_take_the_same_step():
+    workload = B.Workload("small", ((3, 5), (17,), (0,), (1, 1)), "list")
+    providers = [p for p in B.INNA_PROVIDERS if p != "fused" or kernel_available("cpu")]
+    params = {}
+    for provider in providers:
+        runner = B.make_runner(provider, workload, "cpu", torch.float64, seed=3)  # one step taken
+        runner.step()
+        optimizer = runner._step.__self__
+        params[provider] = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+    start = B._random_params(workload.shapes, "cpu", torch.float64, torch.Generator().manual_seed(3))
+    for provider in providers:
+        assert any(not torch.equal(a, b) for a, b in zip(params[provider], start)), provider
+        for a, b in zip(params[provider], params["reference"]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_stream_runner_adds_in_place():
+    runner = B.make_runner("stream", B.make_workload("flat-1000"), "cpu", torch.float32)
+    assert runner.bytes_per_step == 12 * 1000
+
+
+# ----------------------------------------------------------------------------------------------
+# Interleaved timing
+
+
+def _fake_clock(durations):
+    """A timer that runs the callable and reports a fixed duration per name's call."""
+    def timer(fn):
+        before = len(log)
+        fn()
+        return sum(durations[name] for name in log[before:])
+    log = []
+    return timer, log
+
+
+def test_round_robin_interleaves_rotates_and_caps():
+    timer, log = _fake_clock({"a": 1.0, "b": 1.0, "c": 1.0})
+    calls = {name: (lambda n=name: log.append(n)) for name in "abc"}
+    times = B.round_robin(calls, 4, max_repeats={"c": 2}, timer=timer)
+    assert log[:3] == ["a", "b", "c"]  # warm-up, once each
+    assert log[3:] == ["a", "b", "c", "b", "c", "a", "a", "b", "a", "b"]
+    assert [len(times[n]) for n in "abc"] == [4, 4, 2]
+    assert times["a"] == [1.0] * 4
+
+
+def test_round_robin_batches_fast_calls_to_min_time():
+    timer, log = _fake_clock({"fast": 0.001, "slow": 0.5})
+    calls = {name: (lambda n=name: log.append(n)) for name in ("fast", "slow")}
+    times = B.round_robin(calls, 3, min_time=0.01, timer=timer)
+    assert log.count("fast") == 1 + 3 * 10 and log.count("slow") == 1 + 3
+    assert times["fast"] == pytest.approx([0.001] * 3)
+    assert B.calls_in_round_robin(["fast", "slow"], 3, {"slow": 1}) == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Ratios and target checks on synthetic results
+
+
+def _row(provider, workload, numel, median_s, kind="flat"):
+    return {"provider": provider, "workload": workload, "numel": numel, "kind": kind,
+            "dtype": "float32", "device": "cpu", "median_s": median_s,
+            "gbps": B.effective_gbps(B.bytes_per_element(provider, torch.float32) * numel,
+                                     median_s)}
+
+
+def test_ratios_and_targets():
+    n, r = 1 << 25, 25_557_032
+    rows = [_row("fused", "flat-2^25", n, 1.0), _row("sgd", "flat-2^25", n, 1.0),
+            _row("adam", "flat-2^25", n, 2.0), _row("stream", "flat-2^25", n, 0.75),
+            _row("fused", "flat-2^24", n // 2, 0.1), _row("sgd", "flat-2^24", n // 2, 1.0),
+            _row("fused", "resnet50", r, 1.5, "list"), _row("reference", "resnet50", r, 30.0, "list"),
+            _row("foreach", "resnet50", r, 3.0, "list"), _row("fused", "resnet50-flat", r, 1.0)]
+    cli._add_ratios(rows)
+    fused = rows[0]
+    assert fused["speedup"]["adam"] == pytest.approx(2.0)
+    assert fused["speedup"]["reference"] is None  # no reference row for that workload
+    # 20 bytes in 1 s against 12 bytes in 0.75 s
+    assert fused["pct_stream"] == pytest.approx(100 * 20 / 16)
+    checks = {c["name"]: c for c in cli.check_targets(rows)}
+    assert checks["fused_vs_sgd"]["workload"] == "flat-2^25"  # the largest flat one
+    assert checks["fused_vs_sgd"]["value"] == pytest.approx(1.0)
+    assert checks["fused_vs_sgd"]["meets_accepted"] and checks["fused_vs_sgd"]["meets_product"]
+    assert checks["fused_vs_adam"]["value"] == pytest.approx(0.5)
+    assert checks["list_vs_flat"]["value"] == pytest.approx(1.5)
+    assert checks["list_vs_flat"]["meets_accepted"] is False
+    assert checks["speedup_vs_reference"]["value"] == pytest.approx(20.0)
+    assert checks["speedup_vs_foreach"]["value"] == pytest.approx(2.0)
+    assert checks["speedup_vs_foreach"]["meets_accepted"] is False
+    table = cli.format_table([dict(row, label=row["provider"]) for row in rows])
+    assert "flat-2^25" in table and "resnet50-flat" in table
+    assert "MISSED" in cli.format_checks(list(checks.values()))
+
+
+# ----------------------------------------------------------------------------------------------
+# The command on a tiny run
+
+
+def test_bench_command_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "bench.json", tmp_path / "plot" / "bench.png"
+    rc = main(["bench", "--device", "cpu", "--workloads", "flat-2^10,flat-2^12", "--repeats", "2",
+               "--min-time", "0", "--dtype", "float32,bf16", "--no-progress", "--json", str(out),
+               "--plot", str(png)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "INNA fused" in printed and "flat-2^12" in printed
+    result = json.loads(out.read_text())
+    assert result["schema"] == "inna_fused.bench/1"
+    env = result["environment"]
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
+    assert env["device"] == "cpu" and env["device_name"]
+    assert env["inna_fused_build"]["cpu_kernel"] == kernel_available("cpu")
+    rows = result["results"]
+    assert len(rows) == 2 * 2 * len(B.PROVIDERS)
+    assert {(r["dtype"], r["workload"]) for r in rows} == {
+        (d, w) for d in ("float32", "bfloat16") for w in ("flat-2^10", "flat-2^12")}
+    for row in rows:
+        if row["provider"] == "fused" and not kernel_available("cpu"):
+            assert row["median_s"] is None and row["skipped"]
+            continue
+        cap = cli.DEFAULT_MAX_REPEATS.get(row["provider"], 2)
+        assert len(row["times_s"]) == min(2, cap)
+        assert row["median_s"] == pytest.approx(sorted(row["times_s"])[len(row["times_s"]) // 2]
+                                                if len(row["times_s"]) % 2 else
+                                                sum(row["times_s"]) / 2)
+        assert row["gbps"] == pytest.approx(row["bytes_per_step"] / row["median_s"] / 1e9)
+        assert row["bytes_per_step"] == row["bytes_per_element"] * row["numel"]
+        assert set(row["speedup"]) == {"reference", "foreach", "sgd", "adam"}
+    assert isinstance(result["targets"], list)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_command_rejects_unknown_workload(capsys):
+    assert main(["bench", "--workloads", "flat-2^10,vgg16", "--no-progress"]) == 2
+    assert "vgg16" in capsys.readouterr().err
