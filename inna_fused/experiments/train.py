@@ -29,8 +29,10 @@ from . import models
 OPTIMIZERS = ("inna", "sgd", "adam", "adagrad")
 DISPLAY_NAMES = {"inna": "INNA", "sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad"}
 # γ₀ per optimizer for the digits default, picked like the paper: lowest training loss after
-# 5 of the 20 epochs (seed 0) over a small grid per optimizer; see docs/REPRODUCTION.md.
-DEFAULT_LRS = {"inna": 1.0, "sgd": 2.0, "adam": 1e-2, "adagrad": 3e-2}
+# 5 of the 20 epochs (seed 0) over a small grid per optimizer, except Adam: the rule picked 1e-2,
+# which spiked and ended worst over 3 seeds, so the stable runner-up 3e-3 is used (both are in
+# docs/REPRODUCTION.md).
+DEFAULT_LRS = {"inna": 1.0, "sgd": 2.0, "adam": 3e-3, "adagrad": 3e-2}
 # Elsewhere, untuned starting points: the authors' INNA default and torch's usual values.
 OTHER_LRS = {"inna": 0.1, "sgd": 0.1, "adam": 1e-3, "adagrad": 1e-2}
 
