@@ -19,6 +19,16 @@ from inna_fused.experiments import data as datasets  # noqa: E402
 from inna_fused.experiments import toy, train  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny CNN batches only lose to threading (and `train` on digits sets one thread itself);
+    put the thread count back so that other test files see the machine's default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------- toy
 
 @pytest.mark.parametrize("point", [(-1.0, 1.5), (0.3, -0.2), (1.0, 1.0), (0.0, 0.7), (2.0, 1.0)],
@@ -65,7 +75,7 @@ def test_toy_trajectory_is_the_reference_recursion():
 
 
 def test_toy_cli_writes_both_pictures_and_the_table(tmp_path, capsys):
-    assert cli(["toy", "--steps", "2000", "--lr", "1e-3", "--out", str(tmp_path)]) == 0
+    assert cli(["toy", "--steps", "1000", "--lr", "1e-3", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name in ("toy_trajectories.png", "toy_loss.png"):
         png = (tmp_path / name).read_bytes()
@@ -105,7 +115,6 @@ def test_digits_split_is_fixed_and_standardised(digits):
 
 @pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
 def test_one_epoch_on_digits_reduces_training_loss(optimizer, digits):
-    torch.set_num_threads(1)
     args = _train_args()
     result = train.train_run(optimizer, train.DEFAULT_LRS[optimizer], 0, digits, args,
                              progress=False)
@@ -115,7 +124,6 @@ def test_one_epoch_on_digits_reduces_training_loss(optimizer, digits):
 
 
 def test_same_seed_gives_same_initialisation_and_order(digits):
-    torch.set_num_threads(1)
     args = _train_args(max_batches=5)
     first = train.train_run("inna", 0.5, 3, digits, args, progress=False)
     second = train.train_run("inna", 0.5, 3, digits, args, progress=False)
@@ -125,14 +133,15 @@ def test_same_seed_gives_same_initialisation_and_order(digits):
 
 
 def test_train_cli_writes_curves_and_summary(tmp_path, capsys):
-    argv = ["train", "--epochs", "1", "--seeds", "2", "--max-batches", "2", "--no-progress",
+    argv = ["train", "--epochs", "1", "--seeds", "1", "--max-batches", "2", "--no-progress",
             "--out", str(tmp_path)]
     assert cli(argv) == 0
     import json
 
     result = json.loads((tmp_path / "train_results.json").read_text())
     assert set(result["summary"]) == set(train.OPTIMIZERS)
-    assert len(result["runs"]) == 2 * len(train.OPTIMIZERS)
+    assert [r["optimizer"] for r in result["runs"]] == list(train.OPTIMIZERS)
+    assert all(len(r["train_loss"]) == 2 for r in result["runs"])
     assert (tmp_path / "train_curves.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert all(name in out for name in train.OPTIMIZERS)

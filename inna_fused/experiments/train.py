@@ -191,9 +191,13 @@ def plot_grid(alphas, betas, final_loss: np.ndarray, title: str, path: str) -> N
     log_loss = np.log10(np.maximum(final_loss, 1e-12))
     fig, ax = plt.subplots(figsize=(1.1 * len(betas) + 2.5, 0.9 * len(alphas) + 1.8))
     image = ax.imshow(log_loss, cmap="viridis_r", origin="lower", aspect="auto")
+    middle = (log_loss.min() + log_loss.max()) / 2
     for i in range(len(alphas)):
         for j in range(len(betas)):
-            ax.text(j, i, f"{log_loss[i, j]:.2f}", ha="center", va="center", color="w", fontsize=9)
+            # viridis_r is light at low loss: dark text there, white text on the dark cells.
+            color = "k" if log_loss[i, j] < middle else "w"
+            ax.text(j, i, f"{log_loss[i, j]:.2f}", ha="center", va="center", color=color,
+                    fontsize=9)
     ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
     ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_xlabel("β")
