@@ -86,6 +86,17 @@ def test_toy_cli_writes_both_pictures_and_the_table(tmp_path, capsys):
     assert all(math.isfinite(float(x)) for r in rows for x in r[3:])
 
 
+@pytest.mark.parametrize("argv,culprit", [
+    (["--configs", "0.5-0.1"], "--configs"),
+    (["--steps", "-1"], "steps"),
+    (["--record-every", "0"], "record_every"),
+], ids=["configs", "steps", "record-every"])
+def test_toy_bad_options_are_named(tmp_path, argv, culprit):
+    with pytest.raises(ValueError, match=culprit):
+        cli(["toy", *argv, "--out", str(tmp_path)])
+    assert not (tmp_path / "toy_loss.png").exists()
+
+
 # -------------------------------------------------------------------------------- training
 
 def _train_args(**overrides):
