@@ -16,7 +16,7 @@ pytest.importorskip("tqdm")
 
 from inna_fused.__main__ import main as cli  # noqa: E402
 from inna_fused.experiments import data as datasets  # noqa: E402
-from inna_fused.experiments import toy, train  # noqa: E402
+from inna_fused.experiments import models, toy, train  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -204,6 +204,27 @@ def test_cifar10_loader_reads_python_pickles(tmp_path):
     for c in range(3):
         expected = (raw[:, c] - raw[:, c].mean()) / raw[:, c].std()
         np.testing.assert_allclose(loaded.train_x[:, c].numpy(), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("in_channels,classes,side", [(3, 10, 32), (3, 100, 32), (1, 10, 28)],
+                         ids=["cifar10", "cifar100", "mnist"])
+def test_network_in_network_has_the_papers_size(in_channels, classes, side):
+    model = models.network_in_network(in_channels, classes)
+    assert 0.9e6 < models.count_parameters(model) < 1.1e6
+    assert model(torch.zeros(2, in_channels, side, side)).shape == (2, classes)
+
+
+def test_train_cli_runs_the_nin_on_cifar_files(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    for i in range(1, 6):
+        _dump(tmp_path / f"data_batch_{i}", _cifar_batch(rng, 4, b"labels")[2])
+    _dump(tmp_path / "test_batch", _cifar_batch(rng, 4, b"labels")[2])
+    out = tmp_path / "out"
+    assert cli(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1",
+                "--seeds", "1", "--batch-size", "4", "--max-batches", "1", "--optimizers",
+                "inna,sgd", "--no-progress", "--out", str(out)]) == 0
+    assert "966,986 params" in capsys.readouterr().out
+    assert (out / "train_curves.png").exists()
 
 
 def test_cifar100_loader_uses_fine_labels(tmp_path):
