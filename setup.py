@@ -6,6 +6,7 @@ Environment switches:
     INNA_FUSED_CUDA=1|0     force the CUDA sources on/off (default: on when a CUDA toolkit is found)
     INNA_FUSED_SIMD=avx2|baseline   CPU SIMD level (default: avx2 when this machine has AVX2+FMA+F16C)
     TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0" (needed when building without a GPU)
+    INNA_FUSED_NVCC_VERBOSE=1   ptxas register/spill report per kernel (bench/gpu_check.sh)
 """
 import glob
 import os
@@ -77,6 +78,8 @@ def extension():
         # No --use_fast_math: flush-to-zero and approximate division would break agreement with
         # the reference (IEEE float32/float64 arithmetic, denormals kept).
         nvcc = ["-O3", "-lineinfo"]
+        if os.environ.get("INNA_FUSED_NVCC_VERBOSE") == "1":
+            nvcc += ["-Xptxas", "-v"]  # registers, spills and stack per kernel in the build log
         return cpp_extension.CUDAExtension(
             "inna_fused._C", sources + source_list("cu"),
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)

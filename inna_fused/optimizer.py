@@ -88,7 +88,6 @@ class INNA(Optimizer):
         super().__init__(params, defaults)
         # torch.amp.GradScaler hands grad_scale/found_inf to step() (every implementation honours them).
         self._step_supports_amp_scaling = True
-        self._register_psi_dtype_hooks()
         for group in self.param_groups:
             self._implementation(group)  # raise/warn now rather than at the first step
 
@@ -104,7 +103,6 @@ class INNA(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._register_psi_dtype_hooks()  # pickling and deepcopy drop hooks
         for group in self.param_groups:
             # Groups saved by the authors' class lack the newer keys; its ψ convention is "zero"
             # (it matters for params that had no gradient yet when it saved).
@@ -122,34 +120,6 @@ class INNA(Optimizer):
                 # param's device by the first fused step).
                 if st and "step" in st and not torch.is_tensor(st["step"]):
                     st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
-
-    # torch.optim's load_state_dict casts every floating state tensor to its param's dtype, which
-    # would turn the float32 ψ of a 16-bit param into bfloat16/float16 (losing precision, and the
-    # kernels need float32). The pre-hook keeps the saved ψ, the post-hook restores its dtype.
-    def _register_psi_dtype_hooks(self) -> None:
-        if INNA._keep_saved_psis not in self._optimizer_load_state_dict_pre_hooks.values():
-            self.register_load_state_dict_pre_hook(INNA._keep_saved_psis)
-            self.register_load_state_dict_post_hook(INNA._restore_psi_dtypes)
-
-    @staticmethod
-    def _keep_saved_psis(optimizer: "INNA", state_dict: dict[str, Any]) -> None:
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        saved_state = state_dict["state"]
-        optimizer._saved_psis = [saved_state.get(i, {}).get("psi") for i in saved_ids]
-
-    @staticmethod
-    def _restore_psi_dtypes(optimizer: "INNA") -> None:
-        saved_psis = optimizer.__dict__.pop("_saved_psis", None)
-        if saved_psis is None:
-            return
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        for p, saved in zip(params, saved_psis):
-            state = optimizer.state.get(p)
-            if not torch.is_tensor(saved) or not state or p.is_complex():
-                continue
-            wanted = psi_dtype(p.dtype)
-            if state["psi"].dtype != wanted:
-                state["psi"] = saved.to(device=p.device, dtype=wanted)
 
     def _implementation(self, group: dict[str, Any]) -> str:
         fused, foreach = group["fused"], group["foreach"]
@@ -205,13 +175,12 @@ class INNA(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's load_state_dict, plus: every saved ψ and step is checked against its
-        param first (a bad checkpoint raises here, and nothing is loaded), and ψ keeps its own
-        precision (torch.optim would cast it to a 16-bit param's dtype)."""
+        param first (a bad checkpoint raises here, and nothing is loaded); ψ keeps its own
+        precision (the load hooks above) and integer step tensors become float32."""
         saved_psis = self._check_saved_state(state_dict)
         super().load_state_dict(state_dict)
-        for p, psi in saved_psis.items():
+        for p in saved_psis:
             state = self.state[p]
-            state["psi"] = psi.to(device=p.device, dtype=self._psi_dtype_of(p))
             if state["step"].dtype not in (torch.float32, torch.float64):
                 state["step"] = state["step"].to(torch.float32)  # e.g. an integer tensor
 

@@ -103,3 +103,32 @@ def test_inductor_compiled_step_matches_eager():
     train(compiled_model, lambda opt: torch.compile(opt.step, fullgraph=True), LRS[:3], **HYPER)
     for p_eager, p_compiled in zip(eager_model.parameters(), compiled_model.parameters()):
         torch.testing.assert_close(p_compiled, p_eager, rtol=0, atol=0)
+
+
+def test_compiled_step_driven_by_grad_scaler():
+    """GradScaler hands grad_scale/found_inf to a compiled step: one graph, and the step with an
+    inf gradient is skipped inside it exactly as in eager mode."""
+    def run(compile_step):
+        model = make_model()
+        opt = INNA(model.parameters(), lr=torch.tensor(0.05), fused=True, **HYPER)
+        counter = CompileCounterWithBackend("aot_eager")
+        if compile_step:
+            opt.step = torch.compile(opt.step, fullgraph=True, backend=counter)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1000.0)
+        x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+        for k in range(4):
+            opt.zero_grad()
+            scaler.scale(loss_of(model, x)).backward()
+            if k == 2:
+                model[0].weight.grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+        return model, opt, counter.frame_count, scaler.get_scale()
+
+    eager_model, eager_opt, _, eager_scale = run(False)
+    compiled_model, compiled_opt, frames, compiled_scale = run(True)
+    assert frames == 1
+    assert compiled_scale == eager_scale == 500.0  # lowered once, by the inf step
+    for p_eager, p_compiled in zip(eager_model.parameters(), compiled_model.parameters()):
+        assert torch.equal(p_eager, p_compiled)
+        assert float(compiled_opt.state[p_compiled]["step"]) == 3  # the inf step did not count

@@ -218,7 +218,8 @@ BAD_LR_TENSORS = [("lr-tensor-nan", torch.tensor(float("nan")), ValueError),
 
 
 def hyper_id(case):
-    return f"{case[0]}={case[1]}"
+    key, value = case
+    return f"{key}=tensor({value.item()})" if isinstance(value, torch.Tensor) else f"{key}={value}"
 
 
 @pytest.mark.parametrize("call", ENTRY_POINTS)
@@ -366,8 +367,9 @@ def test_optimizer_overlapping_params_raise_before_writing(impl):
     assert all(torch.equal(b, p.detach()) for b, p in zip(before, params))
 
 
-CLASS_BAD_HYPER = [("lr", float("nan")), ("lr", -1.0), ("beta", 0.0), ("alpha", float("inf")),
-                   ("decaypower", float("nan")), ("weight_decay", -1.0)]
+CLASS_BAD_HYPER = [("lr", float("nan")), ("lr", -1.0), ("lr", torch.tensor(float("nan"))),
+                   ("beta", 0.0), ("alpha", float("inf")), ("decaypower", float("nan")),
+                   ("weight_decay", -1.0)]
 
 
 @pytest.mark.parametrize("impl", impl_params())

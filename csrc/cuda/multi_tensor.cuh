@@ -23,9 +23,10 @@
 // covers all chunks of its tensors, and a new launch starts only when the metadata is full.
 // Offsets are 64-bit (tensors beyond 2^31 elements); a chunk-local index fits in 32 bits.
 //
-// Two metadata sizes: kSmallCapacity tensors fit the classic 4 KB kernel-argument limit; with a
-// CUDA >= 13 toolkit (only Volta-or-newer targets and a driver >= 12.1, both needed for kernel
-// arguments up to 32 KB) a list of more tensors uses kLargeCapacity tensors per launch.
+// Two metadata sizes: kSmallCapacity tensors fit the classic 4 KB kernel-argument limit. Kernel
+// arguments up to 32 KB need Volta or newer and a 12.1 driver; a CUDA >= 13 toolkit guarantees
+// both (it builds for Turing or newer only and runs on 580+ drivers), so there a list of more
+// tensors uses kLargeCapacity tensors per launch (inna_cuda.cu decides).
 //
 // Step counts. All blocks of a tensor must see the OLD k (γ_k and the first-step flag depend on
 // it). A tensor of one chunk has one block: it bumps its own step after a block barrier, once all

@@ -29,8 +29,10 @@ from . import models
 OPTIMIZERS = ("inna", "sgd", "adam", "adagrad")
 DISPLAY_NAMES = {"inna": "INNA", "sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad"}
 # γ₀ per optimizer for the digits default, picked like the paper: lowest training loss after
-# 5 of the 20 epochs (seed 0) over a small grid per optimizer; see docs/REPRODUCTION.md.
-DEFAULT_LRS = {"inna": 1.0, "sgd": 2.0, "adam": 1e-2, "adagrad": 3e-2}
+# 5 of the 20 epochs (seed 0) over a small grid per optimizer, except Adam: the rule picked 1e-2,
+# which spiked and ended worst over 3 seeds, so the stable runner-up 3e-3 is used (both are in
+# docs/REPRODUCTION.md).
+DEFAULT_LRS = {"inna": 1.0, "sgd": 2.0, "adam": 3e-3, "adagrad": 3e-2}
 # Elsewhere, untuned starting points: the authors' INNA default and torch's usual values.
 OTHER_LRS = {"inna": 0.1, "sgd": 0.1, "adam": 1e-3, "adagrad": 1e-2}
 
@@ -58,9 +60,9 @@ def evaluate(model, x, y, batch_size: int, device) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over (x, y), in eval mode."""
     model.eval()
     total_loss, correct = 0.0, 0
-    for start in range(0, len(x), max(batch_size, 256)):
-        xb = x[start:start + max(batch_size, 256)].to(device)
-        yb = y[start:start + max(batch_size, 256)].to(device)
+    chunk = max(batch_size, 256)  # no gradients kept: larger chunks are fine
+    for start in range(0, len(x), chunk):
+        xb, yb = x[start:start + chunk].to(device), y[start:start + chunk].to(device)
         logits = model(xb)
         total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
@@ -189,9 +191,13 @@ def plot_grid(alphas, betas, final_loss: np.ndarray, title: str, path: str) -> N
     log_loss = np.log10(np.maximum(final_loss, 1e-12))
     fig, ax = plt.subplots(figsize=(1.1 * len(betas) + 2.5, 0.9 * len(alphas) + 1.8))
     image = ax.imshow(log_loss, cmap="viridis_r", origin="lower", aspect="auto")
+    middle = (log_loss.min() + log_loss.max()) / 2
     for i in range(len(alphas)):
         for j in range(len(betas)):
-            ax.text(j, i, f"{log_loss[i, j]:.2f}", ha="center", va="center", color="w", fontsize=9)
+            # viridis_r is light at low loss: dark text there, white text on the dark cells.
+            color = "k" if log_loss[i, j] < middle else "w"
+            ax.text(j, i, f"{log_loss[i, j]:.2f}", ha="center", va="center", color=color,
+                    fontsize=9)
     ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
     ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_xlabel("β")
