@@ -155,10 +155,10 @@ STREAM_DTYPE = torch.float32
 def bytes_per_element(provider: str, dtype: torch.dtype) -> int:
     """Bytes one step must read plus write per parameter element (what the memory has to move).
 
-    INNA reads θ, g, ψ and writes θ, ψ, with ψ in float32 for 16-bit params (float32: 20, bf16: 14).
-    SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and write θ, m, v,
-    their state in the param dtype (as torch keeps it). The stream op reads a, b and writes a.
-    Per-tensor scalars (step counts) are ignored.
+    INNA reads θ, g, ψ and writes θ, ψ, with ψ in float32 for 16-bit params (float32: 20,
+    bf16: 14). SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
+    write θ, m, v, their state in the param dtype (as torch keeps it). The stream op reads a, b
+    and writes a. Per-tensor scalars (step counts) are ignored.
     """
     e = torch.empty((), dtype=dtype).element_size()
     if provider in INNA_PROVIDERS:
@@ -276,7 +276,8 @@ def time_call(fn: Callable[[], object]) -> float:
 def round_robin(calls: dict[str, Callable[[], object]], repeats: int, *,
                 max_repeats: Optional[dict[str, int]] = None, min_time: float = 0.0,
                 no_warmup: Iterable[str] = (), on_call: Optional[Callable[[str], None]] = None,
-                timer: Callable[[Callable[[], object]], float] = time_call) -> dict[str, list[float]]:
+                timer: Callable[[Callable[[], object]], float] = time_call
+                ) -> dict[str, list[float]]:
     """Median-ready timings of several callables, interleaved so that slow drifts in machine load
     hit all of them alike: round r times each callable once, the order rotating by one per round.
 

@@ -116,7 +116,8 @@ def test_runners_of_all_inna_providers_take_the_same_step():
         runner.step()
         optimizer = runner._step.__self__
         params[provider] = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
-    start = B._random_params(workload.shapes, "cpu", torch.float64, torch.Generator().manual_seed(3))
+    start = B._random_params(workload.shapes, "cpu", torch.float64,
+                             torch.Generator().manual_seed(3))
     for provider in providers:
         assert any(not torch.equal(a, b) for a, b in zip(params[provider], start)), provider
         for a, b in zip(params[provider], params["reference"]):
@@ -185,7 +186,8 @@ def test_ratios_and_targets():
     rows = [_row("fused", "flat-2^25", n, 1.0), _row("sgd", "flat-2^25", n, 1.0),
             _row("adam", "flat-2^25", n, 2.0), _row("stream", "flat-2^25", n, 0.75),
             _row("fused", "flat-2^24", n // 2, 0.1), _row("sgd", "flat-2^24", n // 2, 1.0),
-            _row("fused", "resnet50", r, 1.5, "list"), _row("reference", "resnet50", r, 30.0, "list"),
+            _row("fused", "resnet50", r, 1.5, "list"),
+            _row("reference", "resnet50", r, 30.0, "list"),
             _row("foreach", "resnet50", r, 3.0, "list"), _row("fused", "resnet50-flat", r, 1.0)]
     cli._add_ratios(rows)
     fused = rows[0]

@@ -31,7 +31,8 @@ TARGETS = (
     ("fused_vs_adam", "fused / Adam(fused) time, largest flat fp32 >= 2^24", 0.85, 0.75, "<="),
     ("fused_pct_stream", "fused effective GB/s as % of stream, largest flat fp32 >= 2^24",
      None, 85.0, ">="),
-    ("list_vs_flat", "fused time: ResNet-50 list / one flat tensor of equal size", 1.20, 1.05, "<="),
+    ("list_vs_flat", "fused time: ResNet-50 list / one flat tensor of equal size",
+     1.20, 1.05, "<="),
     ("speedup_vs_reference", "fused speed-up over the per-parameter loop (ResNet-50 list)",
      8.0, 10.0, ">="),
     ("speedup_vs_foreach", "fused speed-up over foreach (ResNet-50 list)", 3.0, 3.0, ">="),
@@ -43,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="cpu or cuda (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="float32",
-                        help="comma-separated: float32, bfloat16, float16, float64 (default float32)")
+                        help="comma-separated: float32, bfloat16, float16, float64 "
+                             "(default float32)")
     parser.add_argument("--workloads", default=",".join(B.DEFAULT_WORKLOADS),
                         help="comma-separated: flat-2^N, flat-<numel>, resnet50, gpt2-small, "
                              "bert-base, tiny-10000, <model>-flat; 'ladder' = flat 2^16..2^26 "
@@ -248,7 +250,8 @@ def format_table(rows: list[dict]) -> str:
     for row in rows:
         if row["median_s"] is None:
             body.append([row["workload"], row["dtype"], row["label"],
-                         f"skipped ({row['skipped'][:40]})", "", "", *[""] * len(SPEEDUP_BASELINES)])
+                         f"skipped ({row['skipped'][:40]})", "", "",
+                         *[""] * len(SPEEDUP_BASELINES)])
             continue
         body.append([row["workload"], row["dtype"], row["label"],
                      _fmt(row["median_s"] * 1e3, ".3f"), _fmt(row["gbps"], ".2f"),
@@ -365,7 +368,8 @@ def run(args) -> int:
     print()
     print(format_checks(checks))
     if args.json:
-        result = {"schema": "inna_fused.bench/1", "command": "python -m inna_fused " + " ".join(sys.argv[1:]),
+        result = {"schema": "inna_fused.bench/1",
+                  "command": "python -m inna_fused " + " ".join(sys.argv[1:]),
                   "environment": env,
                   "settings": {"repeats": args.repeats, "min_time_s": args.min_time,
                                "max_repeats": DEFAULT_MAX_REPEATS, "workloads": workloads,
