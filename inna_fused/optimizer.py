@@ -176,11 +176,14 @@ class INNA(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's load_state_dict, plus: every saved ψ and step is checked against its
         param first (a bad checkpoint raises here, and nothing is loaded); ψ keeps its own
-        precision (the load hooks above) and integer step tensors become float32."""
+        precision and integer step tensors become float32."""
         saved_psis = self._check_saved_state(state_dict)
         super().load_state_dict(state_dict)
-        for p in saved_psis:
+        for p, saved_psi in saved_psis.items():
             state = self.state[p]
+            # torch.optim casts state to the param's dtype; ψ of a 16-bit param stays float32,
+            # taken from the saved tensor so that no precision is lost on the way.
+            state["psi"] = saved_psi.to(device=p.device, dtype=self._psi_dtype_of(p))
             if state["step"].dtype not in (torch.float32, torch.float64):
                 state["step"] = state["step"].to(torch.float32)  # e.g. an integer tensor
 
