@@ -10,6 +10,11 @@ VENV=${VENV:-.venv}
 BUILD_DIR=${BUILD_DIR:-build-cmake}
 JOBS=${JOBS:-$(nproc)}
 TORCH_PREFIX=$("$VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+# A machine with only Python and pip gets CMake (and CTest) from PyPI into the venv.
+if ! command -v cmake >/dev/null 2>&1 || ! command -v ctest >/dev/null 2>&1; then
+  [ -x "$VENV/bin/cmake" ] || "$VENV/bin/python" -m pip install -q cmake
+  export PATH="$VENV/bin:$PATH"
+fi
 if [ "${INNA_FUSED_CUDA:-0}" = "1" ]; then cuda=ON; else cuda=OFF; fi
 generator=()
 if command -v ninja >/dev/null 2>&1 || [ -x "$VENV/bin/ninja" ]; then
