@@ -139,7 +139,9 @@ def _check_no_overlap(written, read) -> None:
                                  "reads must not alias one it writes")
 
 
-def _real_views(tensors: Sequence[Tensor]) -> list[Tensor]:
+def _real_views(tensors: Sequence[Tensor]) -> Sequence[Tensor]:
+    if not any(t.is_complex() for t in tensors):
+        return tensors  # the common case: no new list per step
     return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
 
 
