@@ -17,6 +17,11 @@ __all__ = ["INNA"]
 
 _warned_fallback = False
 
+# Group keys that state_dicts of the authors' class (or older versions) may lack.
+_LOADED_GROUP_DEFAULTS = dict(psi_init="zero", decoupled_weight_decay=False, maximize=False,
+                              foreach=None, fused=None, capturable=False, decaypower=0.0,
+                              weight_decay=0.0)
+
 
 def _warn_fallback_once(device_type: str) -> None:
     global _warned_fallback
@@ -92,13 +97,9 @@ class INNA(Optimizer):
             self._implementation(group)  # raise/warn now rather than at the first step
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        for key in ("lr", "alpha", "beta", "decaypower", "weight_decay", "psi_init"):
-            if key in param_group:
-                merged = {**self.defaults, **param_group}
-                check_hyperparameters(merged["lr"], merged["alpha"], merged["beta"],
-                                      merged["decaypower"], merged["weight_decay"],
-                                      merged["psi_init"])
-                break
+        merged = {**self.defaults, **param_group}
+        check_hyperparameters(merged["lr"], merged["alpha"], merged["beta"], merged["decaypower"],
+                              merged["weight_decay"], merged["psi_init"])
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -106,14 +107,8 @@ class INNA(Optimizer):
         for group in self.param_groups:
             # Groups saved by the authors' class lack the newer keys; its ψ convention is "zero"
             # (it matters for params that had no gradient yet when it saved).
-            group.setdefault("psi_init", "zero")
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("fused", None)
-            group.setdefault("capturable", False)
-            group.setdefault("decaypower", 0.0)
-            group.setdefault("weight_decay", 0.0)
+            for key, value in _LOADED_GROUP_DEFAULTS.items():
+                group.setdefault(key, value)
             for p in group["params"]:
                 st = self.state.get(p)
                 # The authors' class keeps an int step; ours is a float32 tensor (moved to the
