@@ -14,7 +14,7 @@
 
 namespace inna_fused {
 
-at::ScalarType psi_dtype_for(at::ScalarType param_dtype) {
+at::ScalarType phase_dtype_for(at::ScalarType param_dtype) {
   return param_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
@@ -62,7 +62,7 @@ void check_scalar_tensor(const at::Tensor& t, const char* what, const at::Device
 // cost about as much as the rest of the validation on lists of thousands of tensors.
 struct Span {
   uintptr_t lo, hi;
-  const char* list;  // "params", "psis", "grads", "steps", or a scalar argument's name
+  const char* list;  // "params", "phases", "grads", "steps", or a scalar argument's name
   int64_t index;     // position in the list; -1 for a scalar argument
   std::string who() const {
     return index < 0 ? std::string(list) : name(list, static_cast<size_t>(index));
@@ -82,7 +82,7 @@ void check_no_overlap(std::vector<Span> written, const std::vector<Span>& read) 
   std::sort(written.begin(), written.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
   for (size_t i = 1; i < written.size(); ++i) {
     TORCH_CHECK_VALUE(written[i].lo >= written[i - 1].hi, kOp, written[i - 1].who(), " and ",
-                      written[i].who(), " overlap in memory; every param, psi and step of a call ",
+                      written[i].who(), " overlap in memory; every param, phase and step of a call ",
                       "must own its memory");
   }
   for (const auto& r : read) {
@@ -94,18 +94,20 @@ void check_no_overlap(std::vector<Span> written, const std::vector<Span>& read) 
   }
 }
 
-void validate(at::TensorList params, at::TensorList psis, at::TensorList grads,
+void validate(at::TensorList params, at::TensorList phases, at::TensorList grads,
               at::TensorList steps, const InnaHyper& h) {
   check_hyper(h);
   const size_t n = params.size();
-  TORCH_CHECK_VALUE(psis.size() == n && grads.size() == n && steps.size() == n, kOp,
-                    "lists must have equal lengths, got params=", n, " psis=", psis.size(),
+  TORCH_CHECK_VALUE(phases.size() == n && grads.size() == n && steps.size() == n, kOp,
+                    "lists must have equal lengths, got params=", n, " phases=", phases.size(),
                     " grads=", grads.size(), " steps=", steps.size());
   if (n == 0) return;
 
   TORCH_CHECK_VALUE(params[0].defined(), kOp, "params[0] is an undefined tensor");
   const at::Device device = params[0].device();
   const at::ScalarType dtype = params[0].scalar_type();
+  TORCH_CHECK_VALUE(phases[0].defined(), kOp, "phases[0] is an undefined tensor");
+  const at::ScalarType phase_dtype = phases[0].scalar_type();
   std::vector<Span> written, read;
   written.reserve(3 * n);
   read.reserve(n + 3);
@@ -113,11 +115,11 @@ void validate(at::TensorList params, at::TensorList psis, at::TensorList grads,
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
-    const at::Tensor& psi = psis[i];
+    const at::Tensor& phase = phases[i];
     const at::Tensor& step = steps[i];
     TORCH_CHECK_VALUE(p.defined(), kOp, name("params", i), " is an undefined tensor");
     TORCH_CHECK_VALUE(g.defined(), kOp, name("grads", i), " is an undefined tensor");
-    TORCH_CHECK_VALUE(psi.defined(), kOp, name("psis", i), " is an undefined tensor");
+    TORCH_CHECK_VALUE(phase.defined(), kOp, name("phases", i), " is an undefined tensor");
     TORCH_CHECK_VALUE(step.defined(), kOp, name("steps", i), " is an undefined tensor");
     TORCH_CHECK_TYPE(p.layout() == at::kStrided, kOp, name("params", i),
                      " has layout ", p.layout(), "; only strided params are supported");
@@ -142,14 +144,18 @@ void validate(at::TensorList params, at::TensorList psis, at::TensorList grads,
     TORCH_CHECK_VALUE(g.sizes() == p.sizes(), kOp, name("grads", i), " has shape ", g.sizes(),
                       " but its param has shape ", p.sizes());
 
-    TORCH_CHECK_TYPE(psi.layout() == at::kStrided, kOp, name("psis", i), " is not strided");
-    TORCH_CHECK_TYPE(psi.scalar_type() == psi_dtype_for(dtype), kOp, name("psis", i),
-                     " has dtype ", psi.scalar_type(), " but a ", dtype, " param needs a ",
-                     psi_dtype_for(dtype), " psi");
-    TORCH_CHECK_VALUE(psi.device() == device, kOp, name("psis", i), " is on ", psi.device(),
+    TORCH_CHECK_TYPE(phase.layout() == at::kStrided, kOp, name("phases", i), " is not strided");
+    TORCH_CHECK_TYPE(phase.scalar_type() == phase_dtype_for(dtype) ||
+                         phase.scalar_type() == at::kBFloat16,
+                     kOp, name("phases", i), " has dtype ", phase.scalar_type(), "; a ", dtype,
+                     " param needs a ", phase_dtype_for(dtype), " or bfloat16 phase");
+    TORCH_CHECK_TYPE(phase.scalar_type() == phase_dtype, kOp, name("phases", i), " has dtype ",
+                     phase.scalar_type(), " but phases[0] has ", phase_dtype,
+                     "; one call takes one phase dtype (group the lists by it)");
+    TORCH_CHECK_VALUE(phase.device() == device, kOp, name("phases", i), " is on ", phase.device(),
                       " but its param is on ", device);
-    TORCH_CHECK_VALUE(psi.sizes() == p.sizes(), kOp, name("psis", i), " has shape ",
-                      psi.sizes(), " but its param has shape ", p.sizes());
+    TORCH_CHECK_VALUE(phase.sizes() == p.sizes(), kOp, name("phases", i), " has shape ",
+                      phase.sizes(), " but its param has shape ", p.sizes());
 
     TORCH_CHECK_VALUE(step.numel() == 1, kOp, name("steps", i),
                       " must have exactly one element, got shape ", step.sizes());
@@ -162,10 +168,10 @@ void validate(at::TensorList params, at::TensorList psis, at::TensorList grads,
     if (p.numel() > 0) {
       TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, kOp,
                         name("params", i), " has internally overlapping memory (e.g. expand())");
-      TORCH_CHECK_VALUE(at::has_internal_overlap(psi) != at::MemOverlap::Yes, kOp,
-                        name("psis", i), " has internally overlapping memory");
+      TORCH_CHECK_VALUE(at::has_internal_overlap(phase) != at::MemOverlap::Yes, kOp,
+                        name("phases", i), " has internally overlapping memory");
       written.push_back(span_of(p, "params", i));
-      written.push_back(span_of(psi, "psis", i));
+      written.push_back(span_of(phase, "phases", i));
       read.push_back(span_of(g, "grads", i));
     }
     written.push_back(span_of(step, "steps", i));
@@ -191,36 +197,36 @@ void validate(at::TensorList params, at::TensorList psis, at::TensorList grads,
   check_no_overlap(std::move(written), read);
 }
 
-// Param, grad and ψ can be walked as three flat arrays when the param is dense and
+// Param, grad and phase can be walked as three flat arrays when the param is dense and
 // non-overlapping and the other two have exactly its strides.
-bool flat_walkable(const at::Tensor& p, const at::Tensor& g, const at::Tensor& psi) {
+bool flat_walkable(const at::Tensor& p, const at::Tensor& g, const at::Tensor& phase) {
   return p.is_non_overlapping_and_dense() && g.strides() == p.strides() &&
-         psi.strides() == p.strides();
+         phase.strides() == p.strides();
 }
 
 }  // namespace
 
-void run_fused_inna(at::TensorList params, at::TensorList psis, at::TensorList grads,
+void run_fused_inna(at::TensorList params, at::TensorList phases, at::TensorList grads,
                     at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel) {
-  validate(params, psis, grads, steps, hyper);
+  validate(params, phases, grads, steps, hyper);
   const size_t n = params.size();
   if (n == 0) return;
 
   InnaLists lists;
   lists.params.reserve(n);
-  lists.psis.reserve(n);
+  lists.phases.reserve(n);
   lists.grads.reserve(n);
   lists.steps.assign(steps.begin(), steps.end());
   // Entries whose layouts differ run on contiguous copies that are written back afterwards.
   std::vector<size_t> copied;
   for (size_t i = 0; i < n; ++i) {
-    if (params[i].numel() == 0 || flat_walkable(params[i], grads[i], psis[i])) {
+    if (params[i].numel() == 0 || flat_walkable(params[i], grads[i], phases[i])) {
       lists.params.push_back(params[i]);
-      lists.psis.push_back(psis[i]);
+      lists.phases.push_back(phases[i]);
       lists.grads.push_back(grads[i]);
     } else {
       lists.params.push_back(params[i].contiguous());
-      lists.psis.push_back(psis[i].contiguous());
+      lists.phases.push_back(phases[i].contiguous());
       lists.grads.push_back(grads[i].contiguous());
       copied.push_back(i);
     }
@@ -228,7 +234,7 @@ void run_fused_inna(at::TensorList params, at::TensorList psis, at::TensorList g
   kernel(lists, hyper);
   for (size_t i : copied) {
     if (!lists.params[i].is_same(params[i])) params[i].copy_(lists.params[i]);
-    if (!lists.psis[i].is_same(psis[i])) psis[i].copy_(lists.psis[i]);
+    if (!lists.phases[i].is_same(phases[i])) phases[i].copy_(lists.phases[i]);
   }
 }
 
@@ -258,13 +264,15 @@ TORCH_LIBRARY_IMPL(inna_fused, SparseCUDA, m) {
 // mutated list, hyper-parameters keyword-only, returns nothing (like aten::_fused_adam_).
 TORCH_LIBRARY(inna_fused, m) {
   m.def(
-      "fused_inna_(Tensor(a!)[] params, Tensor(b!)[] psis, Tensor[] grads, Tensor(c!)[] steps, *, "
-      "float lr, float alpha, float beta, float decay_power, float weight_decay, "
+      "fused_inna_(Tensor(a!)[] params, Tensor(b!)[] phases, Tensor[] grads, Tensor(c!)[] steps, "
+      "*, float lr, float alpha, float beta, float decay_power, float weight_decay, "
       "bool decoupled_weight_decay, bool paper_init, bool maximize, "
+      "bool stochastic_rounding=True, int seed=0, "
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
-      "fused_inna_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] psis, Tensor[] grads, "
+      "fused_inna_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] phases, Tensor[] grads, "
       "Tensor(c!)[] steps, *, Tensor lr, float alpha, float beta, float decay_power, "
       "float weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize, "
+      "bool stochastic_rounding=True, int seed=0, "
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }

@@ -4,8 +4,10 @@
 // registers an implementation that calls run_fused_inna() with its own kernel. run_fused_inna()
 // validates every tensor of the call before anything is written (all-or-nothing), routes tensors
 // whose memory cannot be walked linearly through contiguous temporaries, and hands the backend
-// lists in which param, grad and ψ of each entry share one dense, non-overlapping layout, so that
-// a kernel may treat each entry as three flat arrays of numel() elements.
+// lists in which param, grad and phase of each entry share one dense, non-overlapping layout, so
+// that a kernel may treat each entry as three flat arrays of numel() elements.
+//
+// The state is the phase w = (α − 1/β)·θ + ψ/β (inna_math.h says why), not the paper's ψ.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -26,26 +28,29 @@ struct InnaHyper {
   bool decoupled_weight_decay = false;
   bool paper_init = true;
   bool maximize = false;
+  bool stochastic_rounding = true;       // 16-bit stores (θ, a bfloat16 phase) round stochastically
+  int64_t seed = 0;                      // seed of the rounding's counter-based random bits
   std::optional<at::Tensor> grad_scale;  // grads are divided by it in-kernel (AMP)
   std::optional<at::Tensor> found_inf;   // non-zero: the call changes nothing (AMP)
 };
 
-// What a backend kernel receives: equal-length lists, all of one device and one param dtype,
-// size-0 entries already dropped. steps[i] is a 1-element floating tensor holding k, the number
+// What a backend kernel receives: equal-length lists, all of one device, one param dtype and one
+// phase dtype (phase_dtype_for(param dtype) or bfloat16); grads of the param dtype. steps[i] is a 1-element floating tensor holding k, the number
 // of steps entry i has taken; the kernel must increment it unless found_inf is set.
 struct InnaLists {
-  std::vector<at::Tensor> params, psis, grads, steps;
+  std::vector<at::Tensor> params, phases, grads, steps;
 };
 
 using InnaKernel = void (*)(const InnaLists&, const InnaHyper&);
 
 // Validate, prepare and run. Throws (c10::Error → RuntimeError/ValueError/TypeError in Python)
 // before any write when anything is wrong.
-void run_fused_inna(at::TensorList params, at::TensorList psis, at::TensorList grads,
+void run_fused_inna(at::TensorList params, at::TensorList phases, at::TensorList grads,
                     at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel);
 
-// The dtype ψ must have for a param dtype: float32 for 16/32-bit floats, float64 for float64.
-at::ScalarType psi_dtype_for(at::ScalarType param_dtype);
+// The default phase dtype (and the arithmetic's) for a param dtype: float32 for 16/32-bit floats,
+// float64 for float64. bfloat16 is the other phase dtype every param dtype accepts.
+at::ScalarType phase_dtype_for(at::ScalarType param_dtype);
 
 }  // namespace inna_fused
 
@@ -55,26 +60,33 @@ namespace inna_fused {
 //   m.impl("fused_inna_", &fused_inna<my_kernel>);
 //   m.impl("fused_inna_.tensor_lr", &fused_inna_tensor_lr<my_kernel>);
 template <InnaKernel Kernel>
-void fused_inna(at::TensorList params, at::TensorList psis, at::TensorList grads,
+void fused_inna(at::TensorList params, at::TensorList phases, at::TensorList grads,
                 at::TensorList steps, double lr, double alpha, double beta, double decay_power,
                 double weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize,
+                bool stochastic_rounding, int64_t seed,
                 const std::optional<at::Tensor>& grad_scale,
                 const std::optional<at::Tensor>& found_inf) {
-  InnaHyper h{lr, std::nullopt, alpha, beta, decay_power, weight_decay, decoupled_weight_decay,
-              paper_init, maximize, grad_scale, found_inf};
-  run_fused_inna(params, psis, grads, steps, h, Kernel);
+  const InnaHyper h{.lr = lr, .alpha = alpha, .beta = beta, .decay_power = decay_power,
+                    .weight_decay = weight_decay,
+                    .decoupled_weight_decay = decoupled_weight_decay, .paper_init = paper_init,
+                    .maximize = maximize, .stochastic_rounding = stochastic_rounding,
+                    .seed = seed, .grad_scale = grad_scale, .found_inf = found_inf};
+  run_fused_inna(params, phases, grads, steps, h, Kernel);
 }
 
 template <InnaKernel Kernel>
-void fused_inna_tensor_lr(at::TensorList params, at::TensorList psis, at::TensorList grads,
+void fused_inna_tensor_lr(at::TensorList params, at::TensorList phases, at::TensorList grads,
                           at::TensorList steps, const at::Tensor& lr, double alpha, double beta,
                           double decay_power, double weight_decay, bool decoupled_weight_decay,
-                          bool paper_init, bool maximize,
+                          bool paper_init, bool maximize, bool stochastic_rounding, int64_t seed,
                           const std::optional<at::Tensor>& grad_scale,
                           const std::optional<at::Tensor>& found_inf) {
-  InnaHyper h{0.0, lr, alpha, beta, decay_power, weight_decay, decoupled_weight_decay,
-              paper_init, maximize, grad_scale, found_inf};
-  run_fused_inna(params, psis, grads, steps, h, Kernel);
+  const InnaHyper h{.lr = 0.0, .lr_tensor = lr, .alpha = alpha, .beta = beta,
+                    .decay_power = decay_power, .weight_decay = weight_decay,
+                    .decoupled_weight_decay = decoupled_weight_decay, .paper_init = paper_init,
+                    .maximize = maximize, .stochastic_rounding = stochastic_rounding,
+                    .seed = seed, .grad_scale = grad_scale, .found_inf = found_inf};
+  run_fused_inna(params, phases, grads, steps, h, Kernel);
 }
 
 }  // namespace inna_fused
