@@ -35,6 +35,10 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -56,7 +60,7 @@ struct Entry {
   int64_t numel;
   double gamma;
   bool first_step;
-  uint64_t theta_key, phase_key;  // stochastic rounding keys (inna_math.h)
+  uint64_t rounding_key;  // stochastic rounding (inna_math.h)
 };
 
 // A block is two SIMD vectors of opmath_t: 16 elements for float, 8 for double. 16 is also the
@@ -83,12 +87,38 @@ inline void load_block(const src_t* src, int64_t count, Vectorized<opmath_t>& a,
   }
 }
 
-// Store the first `count` lanes of (a, b) into `dst`: stochastically rounded when asked (16-bit
-// destinations), else rounded to nearest. `index` is the element's index in its tensor.
+// random_bits(key, index + j) for j < L (inna_math.h), eight lanes at a time with AVX2.
+template <int64_t L>
+inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
+#if defined(CPU_CAPABILITY_AVX2)
+  static_assert(L % 8 == 0);
+  // The salt depends on index >> 32: constant over the block unless its low half wraps.
+  if (static_cast<uint32_t>(index) <= 0xFFFFFFFFu - L) {
+    const __m256i salt = _mm256_set1_epi32(static_cast<int32_t>(rounding_salt(key, index)));
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i c1 = _mm256_set1_epi32(static_cast<int32_t>(0x7FEB352Du));
+    const __m256i c2 = _mm256_set1_epi32(static_cast<int32_t>(0x846CA68Bu));
+    for (int64_t j = 0; j < L; j += 8) {
+      __m256i x = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(index + j)), lanes);
+      x = _mm256_xor_si256(x, salt);
+      x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));  // mix32, as in inna_math.h
+      x = _mm256_mullo_epi32(x, c1);
+      x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+      x = _mm256_mullo_epi32(x, c2);
+      x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + j), x);
+    }
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < L; ++j) bits[j] = random_bits(key, index + static_cast<uint64_t>(j));
+}
+
+// Store the first `count` lanes of (a, b) into `dst`: stochastically rounded with the 16-bit
+// random values r16 when asked (16-bit destinations), else rounded to nearest.
 template <typename dst_t, typename opmath_t>
 inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a,
-                        const Vectorized<opmath_t>& b, bool stochastic, uint64_t key,
-                        uint64_t index) {
+                        const Vectorized<opmath_t>& b, bool stochastic, const uint32_t* r16) {
   using Vec = Vectorized<opmath_t>;
   constexpr int64_t H = Vec::size();
   constexpr int64_t L = kBlock<opmath_t>;
@@ -101,14 +131,36 @@ inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a
         at::vec::convert_from_float<dst_t>(a, b).store(dst, count);
         return;
       }
+#if defined(CPU_CAPABILITY_AVX2)
+      if constexpr (std::is_same_v<dst_t, c10::BFloat16>) {
+        // round_stochastic_bf16 on 16 lanes: finite values add r16 to their float bits and
+        // truncate; non-finite ones round to nearest (inf keeps its bits, NaN becomes 0x7FC0).
+        const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+        auto round8 = [&](const Vectorized<float>& v, const uint32_t* r) {
+          const __m256i u = _mm256_castps_si256(v);
+          const __m256i nonfinite = _mm256_cmpeq_epi32(_mm256_and_si256(u, exponent), exponent);
+          const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+          __m256i add = _mm256_andnot_si256(nonfinite,
+                                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
+          __m256i out = _mm256_srli_epi32(_mm256_add_epi32(u, add), 16);
+          return _mm256_blendv_epi8(out, _mm256_set1_epi32(0x7FC0), nan);
+        };
+        // packus works within 128-bit halves; the permute restores element order.
+        const __m256i packed = _mm256_permute4x64_epi64(
+            _mm256_packus_epi32(round8(a, r16), round8(b, r16 + 8)), 0xD8);
+        alignas(32) uint16_t out[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out), packed);
+        std::memcpy(dst, out, count * sizeof(dst_t));
+        return;
+      }
+#endif
     }
     opmath_t buf[L];
     a.store(buf);
     b.store(buf + H);
     dst_t out[L];
-    // A fixed trip count over the whole block lets the compiler vectorise the hash.
-    for (int64_t j = 0; j < L; ++j) {
-      out[j] = round_store<dst_t>(buf[j], stochastic, key, index + static_cast<uint64_t>(j));
+    for (int64_t j = 0; j < count; ++j) {
+      out[j] = round_store<dst_t>(buf[j], stochastic, stochastic ? r16[j] : 0u);
     }
     std::memcpy(dst, out, count * sizeof(dst_t));
   }
@@ -132,9 +184,17 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
     if (!f.first_step) load_block<opmath_t>(phase + i, count, w0, w1);
     inna_update(th0, w0, g0, c, f);
     inna_update(th1, w1, g1, c, f);
-    const auto index = static_cast<uint64_t>(first + i);
-    store_block(theta + i, count, th0, th1, sr_theta, entry.theta_key, index);
-    store_block(phase + i, count, w0, w1, sr_phase, entry.phase_key, index);
+    uint32_t theta_r16[L], phase_r16[L];  // 16 random bits per element for each store
+    if (sr_theta || sr_phase) {
+      uint32_t bits[L];
+      block_random_bits<L>(entry.rounding_key, static_cast<uint64_t>(first + i), bits);
+      for (int64_t j = 0; j < L; ++j) {
+        theta_r16[j] = theta_bits(bits[j]);
+        phase_r16[j] = phase_bits(bits[j]);
+      }
+    }
+    store_block(theta + i, count, th0, th1, sr_theta, theta_r16);
+    store_block(phase + i, count, w0, w1, sr_phase, phase_r16);
   };
   for (int64_t i = 0; i < n; i += L) update_block(i, std::min(L, n - i));
 }
@@ -193,9 +253,7 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
     const auto step = static_cast<uint64_t>(k);
     const auto numel = static_cast<uint64_t>(p.numel());
     entries.push_back({p.data_ptr(), lists.phases[i].data_ptr(), lists.grads[i].const_data_ptr(),
-                       p.numel(), gamma, k == 0.0,
-                       rounding_key(seed, step, numel, kThetaStream),
-                       rounding_key(seed, step, numel, kPhaseStream)});
+                       p.numel(), gamma, k == 0.0, rounding_key(seed, step, numel)});
     entry_start.push_back(total);
     total += p.numel();
   }
