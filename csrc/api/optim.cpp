@@ -411,6 +411,8 @@ void INNA::load(torch::serialize::InputArchive& archive) {
       auto it = state().find(p.unsafeGetTensorImpl());
       if (it == state().end()) continue;
       auto& st = static_cast<INNAParamState&>(*it->second);
+      TORCH_CHECK(st.phase().defined() || st.legacy_psi().defined(),
+                  "INNA: the archive holds a parameter state with neither phase nor psi");
       if (!st.legacy_psi().defined()) continue;
       const auto wide = p.is_complex() ? torch::kComplexDouble : torch::kDouble;
       const auto theta = p.detach().to(p.device(), wide);
