@@ -322,6 +322,200 @@ def test_emulated_bad_input_raises_before_any_write():
         assert torch.equal(a, b)
 
 
+# ---- low precision: error budget and stochastic rounding -------------------------------------
+
+def naive_same_dtype_run(init, n_steps, dtype, lr, alpha=0.5, beta=0.1):
+    """Eq. (12) computed entirely in `dtype` (ψ too): the error yardstick for low precision, its
+    ψ converted to the phase in float64 (as tests/test_core.py does for the CPU kernel)."""
+    params, psis = [p.clone().to(dtype) for p in init], []
+    for k in range(n_steps):
+        for i, (p, g) in enumerate(zip(params, make_grads(init, k))):
+            g = g.to(dtype)
+            if k == 0:
+                psis.append((1 - alpha * beta) * p - (beta * beta - beta) * g)
+            phase = (alpha - 1 / beta) * p + psis[i] / beta
+            p.sub_(lr * (phase + beta * g))
+            psis[i] = psis[i] - lr * phase
+    truth = Truth(params, alpha, beta, psis=psis)
+    return params, truth.phases()
+
+
+@pytest.mark.parametrize("state", list(STATE_IDS), ids=STATE_IDS.get)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+def test_emulated_low_precision_error_budget(dtype, state):
+    """Round to nearest: error vs float64 at most 2x that of the plain same-dtype computation
+    (a float32 param's bfloat16 phase is measured against plain bfloat16)."""
+    if dtype == torch.float32 and state == "bf16":
+        yardstick = torch.bfloat16
+    else:
+        yardstick = dtype
+    c = constants()["chunk"]
+    init = make_tensors([5, 1000, c + 17], dtype)
+    params, phases, _, truth, _ = run_both([5, 1000, c + 17], dtype, n_steps=6, state=state,
+                                           lr=0.01)
+    naive, naive_phases = naive_same_dtype_run(init, 6, yardstick, lr=0.01)
+    eps = torch.finfo(yardstick).eps
+    for name, ours, exact, plain in [("param", params, truth.params, naive),
+                                     ("phase", phases, truth.phases(), naive_phases)]:
+        for i, (x, t, nv) in enumerate(zip(ours, exact, plain)):
+            err = (x.double() - t).abs().max().item()
+            naive_err = (nv.double() - t).abs().max().item()
+            assert err <= 2 * naive_err + eps, f"{name} {i}: error {err:.3e} vs naive {naive_err:.3e}"
+
+
+# (param dtype, phase dtype) pairs where at least one store is 16-bit and rounds stochastically.
+SR_PAIRS = [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+            (torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16),
+            (torch.float32, torch.bfloat16), (torch.float64, torch.bfloat16)]
+SR_IDS = [f"{DTYPE_IDS[p]}-{DTYPE_IDS[w]}-phase" for p, w in SR_PAIRS]
+
+
+def sr_run(step_fn, init, phase_dtype, seed, n_steps=3, views=False, **hyper):
+    """n_steps steps with stochastic rounding through `step_fn` (the emulated CUDA op or the CPU
+    op); `views`: params, phases and grads at a 1-element offset (unaligned: scalar path)."""
+    def place(t):
+        if not views:
+            return t.clone()
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype)
+        view = buf[1:]
+        view.copy_(t)
+        return view
+
+    params = [place(p) for p in init]
+    phases = [place(torch.full_like(p, math.nan, dtype=phase_dtype)) for p in init]
+    steps = [torch.zeros(()) for _ in init]
+    for k in range(n_steps):
+        grads = [place(g) for g in make_grads(init, k)]
+        step_fn(params, phases, grads, steps, seed=seed, **hyper)
+    return params, phases, steps
+
+
+def emulated_sr(params, phases, grads, steps, seed, **hyper):
+    emulated_step(params, phases, grads, steps, stochastic_rounding=True, seed=seed, **hyper)
+
+
+def cpu_sr(params, phases, grads, steps, seed, lr, decay_power=0.0, weight_decay=0.0):
+    torch.ops.inna_fused.fused_inna_(
+        params, phases, grads, steps, lr=lr, alpha=0.5, beta=0.1, decay_power=decay_power,
+        weight_decay=weight_decay, decoupled_weight_decay=False, paper_init=True,
+        maximize=False, stochastic_rounding=True, seed=seed)
+
+
+def bits(t):
+    """The raw bits of a tensor (NaN-safe bitwise comparison)."""
+    return t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def assert_bitwise_equal(a, b, what):
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x.dtype == y.dtype and torch.equal(bits(x), bits(y)), f"{what} {i} differs"
+
+
+# Runs bitwise against the CPU kernel (csrc/inna_cpu.cpp), which implements the same rounding
+# (inna_math.h round_store, keyed by seed, k, numel, stream and the element's index in its tensor).
+# It needs the CPU kernel of the phase/stochastic-rounding schema: against an older CPU kernel
+# this test fails by design.
+@pytest.mark.parametrize("views", [False, True], ids=["aligned", "odd-views"])
+@pytest.mark.parametrize("pair", SR_PAIRS, ids=SR_IDS)
+def test_emulated_stochastic_rounding_bitwise_equals_cpu_kernel(pair, views):
+    dtype, phase_dtype = pair
+    c = constants()["chunk"]
+    init = make_tensors([1, 7, 33, 1000, 4099, c + 17], dtype)
+    for seed in (0, 1, 123456789, -5):
+        hyper = dict(lr=0.05, decay_power=0.5, weight_decay=0.01)
+        emu = sr_run(emulated_sr, init, phase_dtype, seed, views=views, **hyper)
+        cpu = sr_run(cpu_sr, init, phase_dtype, seed, views=views, **hyper)
+        for what, a, b in zip(("param", "phase", "step"), emu, cpu):
+            assert_bitwise_equal(a, b, f"seed {seed}: {what}")
+        assert [s.item() for s in emu[2]] == [3.0] * len(init)
+
+
+@pytest.mark.parametrize("pair", SR_PAIRS, ids=SR_IDS)
+def test_emulated_stochastic_rounding_independent_of_path_and_chunking(pair):
+    """The bits depend on the element's index in its tensor, not on the thread, the chunk or the
+    vector/scalar path: aligned (vector path) and odd views (scalar path) give the same bits, and
+    so do the 4 KB and 32 KB metadata."""
+    dtype, phase_dtype = pair
+    c = constants()["chunk"]
+    init = make_tensors([3, 4099, 2 * c + 5], dtype)
+    aligned = sr_run(emulated_sr, init, phase_dtype, seed=7, lr=0.05)
+    odd = sr_run(emulated_sr, init, phase_dtype, seed=7, views=True, lr=0.05)
+    small = sr_run(lambda *a, **k: emulated_sr(*a, large_metadata=False, **k), init,
+                   phase_dtype, seed=7, lr=0.05)
+    for other in (odd, small):
+        for what, a, b in zip(("param", "phase", "step"), aligned, other):
+            assert_bitwise_equal(a, b, what)
+
+
+@pytest.mark.parametrize("pair", SR_PAIRS, ids=SR_IDS)
+def test_emulated_stochastic_rounding_seeds(pair):
+    """Same seed: same bits. Another seed: other bits for the 16-bit stores (an element whose
+    rounding is not exact differs with a probability up to 1/2). A wider store is not rounded
+    stochastically (see the next test) but may still differ: it reads the other, rounded one."""
+    dtype, phase_dtype = pair
+    init = make_tensors([5000], dtype)
+    a = sr_run(emulated_sr, init, phase_dtype, seed=11, lr=0.05)
+    b = sr_run(emulated_sr, init, phase_dtype, seed=11, lr=0.05)
+    c = sr_run(emulated_sr, init, phase_dtype, seed=12, lr=0.05)
+    for what, x, y in zip(("param", "phase", "step"), a, b):
+        assert_bitwise_equal(x, y, what)
+    for what, x, y in (("param", a[0][0], c[0][0]), ("phase", a[1][0], c[1][0])):
+        if x.element_size() == 2:
+            differ = (bits(x) != bits(y)).double().mean().item()
+            assert differ > 0.05, f"{what}: seeds 11 and 12 give the same bits ({differ:.3f})"
+
+
+@pytest.mark.parametrize("pair", [(torch.float32, torch.float32), (torch.float64, torch.float64)],
+                         ids=["f32-f32-phase", "f64-f64-phase"])
+def test_emulated_stochastic_rounding_no_effect_without_16_bit_stores(pair):
+    dtype, phase_dtype = pair
+    init = make_tensors([100, 4099], dtype)
+    on = sr_run(emulated_sr, init, phase_dtype, seed=3, lr=0.05)
+    off = sr_run(lambda *a, seed, **k: emulated_step(*a, **k), init, phase_dtype, seed=3,
+                 lr=0.05)
+    for what, a, b in zip(("param", "phase", "step"), on, off):
+        assert_bitwise_equal(a, b, what)
+
+
+@pytest.mark.parametrize("pair", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32),
+                                  (torch.float32, torch.bfloat16)],
+                         ids=["bf16-bf16-phase", "f16-f32-phase", "f32-bf16-phase"])
+def test_emulated_stochastic_rounding_is_unbiased(pair):
+    """n equal elements take one step: they all have the same float32 result x, far below half an
+    ulp away from θ₀ (round to nearest would not move θ). The stochastically rounded 16-bit
+    values average to x within a few standard errors; the same for the phase. x comes from the
+    float32 kernel on the same values (its stores are exact float32)."""
+    dtype, phase_dtype = pair
+    n = 200_000
+    # Exact in every dtype; θ₁ = 1 − 0.05·2^-7 lies between bfloat16 0.99609375 and 1.0.
+    theta0, grad, lr = 1.0, 2.0**-7, 0.05
+
+    def one_step(param_dtype, phase_dtype, sr):
+        params = [torch.full((n,), theta0, dtype=param_dtype)]
+        phases = [torch.empty(n, dtype=phase_dtype)]
+        grads = [torch.full((n,), grad, dtype=param_dtype)]
+        emulated_step(params, phases, grads, [torch.zeros(())], lr=lr, stochastic_rounding=sr,
+                      seed=2024)
+        return params[0], phases[0]
+
+    exact_theta, exact_phase = one_step(torch.float32, torch.float32, False)
+    x_theta, x_phase = exact_theta[0].item(), exact_phase[0].item()
+    theta, phase = one_step(dtype, phase_dtype, True)
+    checked = 0
+    for what, values, x in (("param", theta, x_theta), ("phase", phase, x_phase)):
+        if values.element_size() != 2:
+            continue
+        values = values.double()
+        lo, hi = values.min().item(), values.max().item()
+        assert lo < x < hi, f"{what}: {x!r} not between its two 16-bit neighbours {lo}, {hi}"
+        p_up = (x - lo) / (hi - lo)
+        std_err = (hi - lo) * math.sqrt(p_up * (1 - p_up) / n)
+        mean = values.mean().item()
+        assert abs(mean - x) < 5 * std_err, f"{what}: mean {mean!r} vs {x!r} (se {std_err:.2e})"
+        checked += 1
+    assert checked >= 1
+
+
 # ---- packing only: sizes, no data ------------------------------------------------------------
 
 def launch_plan(numels, large_metadata=True):
