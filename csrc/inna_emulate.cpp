@@ -44,7 +44,8 @@ void emulate_typed(const InnaLists& lists, const InnaHyper& h) {
       [&](const auto& meta, int64_t blocks, int block_size) {
         for (int64_t block = 0; block < blocks; ++block) {
           for (int thread = 0; thread < block_size; ++thread) {
-            const int32_t path = inna_block_thread<scalar_t, phase_t>(block, thread, block_size, meta, scalars);
+            const int32_t path =
+                inna_block_thread<scalar_t, phase_t>(block, thread, block_size, meta, scalars);
             if (thread == 0) {
               stats.vector_blocks += path == kVectorPath;
               stats.scalar_blocks += path == kScalarPath;

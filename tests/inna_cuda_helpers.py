@@ -23,8 +23,9 @@ TOLERANCES = {  # dtype: ((θ atol, rtol), (phase atol, rtol))
     torch.float16: ((2e-3, 2e-3), (2e-3, 2e-3)),
     torch.bfloat16: ((1.6e-2, 1.6e-2), (1.6e-2, 1.6e-2)),
 }
-# A bfloat16 phase (any param dtype) rounds w to 2^-8 relative at each store (1.5 ulps after three
-# steps, as θ above); θ moves by γ·w with that error, which bf16_phase_theta_atol adds to θ's atol.
+# A bfloat16 phase (any param dtype) rounds w to 2^-8 relative at each store (1.5 ulps after
+# three steps, as θ above); θ moves by γ·w with that error: bf16_phase_theta_atol adds it to θ's
+# atol.
 BF16_PHASE_TOLERANCE = (1.6e-2, 1.6e-2)
 
 HYPER_CASES = {

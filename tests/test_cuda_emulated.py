@@ -360,7 +360,8 @@ def test_emulated_low_precision_error_budget(dtype, state):
         for i, (x, t, nv) in enumerate(zip(ours, exact, plain)):
             err = (x.double() - t).abs().max().item()
             naive_err = (nv.double() - t).abs().max().item()
-            assert err <= 2 * naive_err + eps, f"{name} {i}: error {err:.3e} vs naive {naive_err:.3e}"
+            assert err <= 2 * naive_err + eps, (
+                f"{name} {i}: error {err:.3e} vs naive {naive_err:.3e}")
 
 
 # (param dtype, phase dtype) pairs where at least one store is 16-bit and rounds stochastically.

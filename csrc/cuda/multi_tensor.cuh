@@ -39,8 +39,8 @@
 // after the last main launch (stream order makes every main launch finish first).
 //
 // Memory access. When θ and g of a chunk are 16-byte aligned and the phase is aligned to its pack
-// (the same element count: 4 to 32 bytes), every thread moves kILP vectors of 16 bytes of θ and of g
-// (and the matching phase) per iteration, adjacent threads on adjacent vectors; the last
+// (the same element count: 4 to 32 bytes), every thread moves kILP vectors of 16 bytes of θ and
+// of g (and the matching phase) per iteration, adjacent threads on adjacent vectors; the last
 // count % kVec elements go through the scalar path. Otherwise (views at odd offsets) the
 // whole chunk takes the scalar path, still kILP independent elements in flight per thread.
 #pragma once
@@ -197,8 +197,8 @@ template <> struct OpMath<c10::BFloat16> { using type = float; };
 
 // Independent 16-byte accesses (or scalars) per stream a thread keeps in flight: 64 bytes of θ per
 // iteration for float32, 32 for the others, whose wider phase (16-bit params with a float32 phase)
-// or double coefficients need the registers; with two 512-thread blocks per multiprocessor that is still several times
-// the bytes in flight that saturate HBM.
+// or double coefficients need the registers; with two 512-thread blocks per multiprocessor that is
+// still several times the bytes in flight that saturate HBM.
 template <typename scalar_t>
 C10_HOST_DEVICE constexpr int ilp_for() {
   return sizeof(scalar_t) == 4 ? 4 : 2;
@@ -327,7 +327,9 @@ C10_HOST_DEVICE INNA_INLINE int32_t inna_block_thread(int64_t block, int thread,
         const int32_t v = base + thread + j * block_size;
         if (v < nvec) {
           INNA_UNROLL
-          for (int e = 0; e < kVec; ++e) update(th[j].val[e], ps[j].val[e], gr[j].val[e], v * kVec + e);
+          for (int e = 0; e < kVec; ++e) {
+            update(th[j].val[e], ps[j].val[e], gr[j].val[e], v * kVec + e);
+          }
           store_pack<scalar_t, kVec>(theta + int64_t(v) * kVec, th[j]);
           store_pack<phase_t, kVec>(phase + int64_t(v) * kVec, ps[j]);
         }
