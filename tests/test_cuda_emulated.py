@@ -413,7 +413,7 @@ def assert_bitwise_equal(a, b, what):
 
 
 # Runs bitwise against the CPU kernel (csrc/inna_cpu.cpp), which implements the same rounding
-# (inna_math.h round_store, keyed by seed, k, numel, stream and the element's index in its tensor).
+# (inna_math.h round_store, keyed by seed, k, numel and the element's index in its tensor).
 # It needs the CPU kernel of the phase/stochastic-rounding schema: against an older CPU kernel
 # this test fails by design.
 @pytest.mark.parametrize("views", [False, True], ids=["aligned", "odd-views"])

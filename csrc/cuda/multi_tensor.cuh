@@ -18,8 +18,9 @@
 //   - size-0 entries move no data but their step still advances;
 //   - 16-bit stores (θ of float16/bfloat16 params, a bfloat16 phase) round stochastically when
 //     stochastic_rounding is set, with the counter-based bits of inna_math.h keyed by (seed, k,
-//     numel, stream) and indexed by the element's position in its tensor: the bits never depend
-//     on the chunking or the thread, so results equal the CPU kernel's bit for bit.
+//     numel) and indexed by the element's position in its tensor (one 32-bit hash per element:
+//     high half for θ, low half for the phase): the bits never depend on the chunking or the
+//     thread, so results equal the CPU kernel's bit for bit.
 //
 // Work split. Every non-empty tensor is cut into chunks of kChunk elements; one block handles one
 // chunk. A launch carries, in its kernel arguments, the addresses of up to Capacity tensors and the
@@ -85,6 +86,8 @@ constexpr int kBlockSmall = 128;              // ... when most tensors are far b
 constexpr int kSmallCapacity = 88;            // tensors per launch, 4 KB of kernel arguments
 constexpr int kLargeCapacity = 736;           // tensors per launch, 32 KB of kernel arguments
 constexpr int kStepCapacity = 496;            // step pointers per step-increment launch
+static_assert((int64_t(1) << 32) % kChunk == 0,
+              "a chunk must not straddle a multiple of 2^32 elements (one rounding salt per chunk)");
 
 // ---------------------------------------------------------------------------------------------
 // Scalars read in the kernel.
@@ -278,16 +281,19 @@ C10_HOST_DEVICE INNA_INLINE int32_t inna_block_thread(int64_t block, int thread,
   const InnaCoeffs<opmath_t> c =
       make_coeffs<opmath_t, double>(gamma, s.alpha, s.beta, s.weight_decay, grad_factor);
 
-  // The rounding keys depend on the tensor and the step only; the bits of an element on its index
-  // in the whole tensor (work.start + i), so any chunking draws the same bits.
+  // The rounding key depends on the tensor and the step only; an element's bits on its index in
+  // the whole tensor (work.start + i), so any chunking draws the same bits. A chunk (kChunk-aligned,
+  // 2^16 elements) never straddles a multiple of 2^32, so the high half of the index, and with it
+  // the salt, is the same for the whole chunk: random_bits(key, index) is then one mix32.
   const bool sr_theta = kTheta16 && s.stochastic_rounding;
   const bool sr_phase = kPhase16 && s.stochastic_rounding;
-  const uint64_t step_k = static_cast<uint64_t>(k);
-  const uint64_t numel = static_cast<uint64_t>(meta.numel[t]);
-  const uint64_t seed = static_cast<uint64_t>(s.seed);
-  const uint64_t theta_key = sr_theta ? rounding_key(seed, step_k, numel, kThetaStream) : 0;
-  const uint64_t phase_key = sr_phase ? rounding_key(seed, step_k, numel, kPhaseStream) : 0;
+  const bool sr_any = sr_theta || sr_phase;
   const uint64_t first = static_cast<uint64_t>(work.start);
+  const uint32_t salt =
+      sr_any ? rounding_salt(rounding_key(static_cast<uint64_t>(s.seed), static_cast<uint64_t>(k),
+                                          static_cast<uint64_t>(meta.numel[t])),
+                             first)
+             : 0u;
 
   scalar_t* theta = static_cast<scalar_t*>(meta.param[t]) + work.start;
   phase_t* phase = static_cast<phase_t*>(meta.phase[t]) + work.start;
@@ -300,8 +306,9 @@ C10_HOST_DEVICE INNA_INLINE int32_t inna_block_thread(int64_t block, int thread,
     opmath_t x = static_cast<opmath_t>(th);
     opmath_t w = flags.first_step ? opmath_t(0) : static_cast<opmath_t>(ps);
     inna_update(x, w, static_cast<opmath_t>(gr), c, flags);
-    th = round_store<scalar_t>(x, sr_theta, theta_key, first + i);
-    ps = round_store<phase_t>(w, sr_phase, phase_key, first + i);
+    const uint32_t bits = sr_any ? mix32(static_cast<uint32_t>(first + i) ^ salt) : 0u;
+    th = round_store<scalar_t>(x, sr_theta, theta_bits(bits));
+    ps = round_store<phase_t>(w, sr_phase, phase_bits(bits));
   };
 
   using PhasePack = Pack<phase_t, kVec>;
