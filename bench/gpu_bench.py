@@ -4,6 +4,9 @@ Measured side by side in one run (medians of CUDA-event timings after warm-up):
   - device-to-device copy bandwidth (bytes read + written) and an in-place `a.add_(b, alpha)`;
   - the fused INNA step on a GPT-2-XL-shaped parameter list (≥ 1e9 float32 elements): effective
     bandwidth (20 bytes/element) as a % of the copy bandwidth, eager and CUDA-graph replay;
+  - the op alone (CUDA-graph replay) on the same list for each param × phase dtype pair, with
+    stochastic rounding on: fp32 θ,g + fp32 phase (20 B/element), fp32 + bf16 phase (16 B),
+    bf16 θ,g + fp32 phase (14 B), bf16 + bf16 phase (10 B);
   - torch.optim.Adam(fused=True) and INNA's foreach path on the same list (time ratios);
   - 10,000 tensors × 1,000 elements against one flat tensor of 1e7 (per-element time ratio);
   - kernel launches per step (torch.profiler; falls back to "n/a" where CUPTI is unavailable).
@@ -34,6 +37,15 @@ import inna_fused  # noqa: E402
 from inna_fused import INNA  # noqa: E402
 
 BYTES_PER_ELEMENT = {"inna_f32": 20, "inna_bf16": 14, "adam_f32": 28, "copy": 8, "add": 12}
+
+# The op's traffic per element for (param dtype, phase dtype): θ read + written, g read, the phase
+# read + written.
+STATE_DTYPE_PAIRS = {
+    "fp32 θ,g + fp32 phase": (torch.float32, torch.float32, 20),
+    "fp32 θ,g + bf16 phase": (torch.float32, torch.bfloat16, 16),
+    "bf16 θ,g + fp32 phase": (torch.bfloat16, torch.float32, 14),
+    "bf16 θ,g + bf16 phase": (torch.bfloat16, torch.bfloat16, 10),
+}
 
 
 def gpt2_shapes(layers: int, d: int, vocab: int, ctx: int) -> list[tuple[int, ...]]:
@@ -178,6 +190,41 @@ def bench_model_list(shapes, device, timer, args):
     return out
 
 
+def bench_state_dtypes(shapes, device, timer, args):
+    """The op alone (no optimizer class) for each param × phase dtype pair, stochastic rounding
+    on: eager, and CUDA-graph replay where there is a GPU. Steps start past the first (k = 1), so
+    the phase is read as in every later step."""
+    n = sum(math.prod(s) for s in shapes)
+    out = {}
+    for name, (dtype, phase_dtype, bytes_per_element) in STATE_DTYPE_PAIRS.items():
+        if args.no_bf16 and dtype == torch.bfloat16:
+            continue
+        gen = torch.Generator(device=device).manual_seed(0)
+        params = [torch.randn(s, dtype=dtype, device=device, generator=gen) for s in shapes]
+        grads = [torch.randn(s, dtype=dtype, device=device, generator=gen) for s in shapes]
+        phases = [torch.zeros(s, dtype=phase_dtype, device=device) for s in shapes]
+        steps = [torch.ones((), device=device) for _ in shapes]
+        lr = torch.tensor(1e-4, device=device)
+
+        def step():
+            torch.ops.inna_fused.fused_inna_.tensor_lr(
+                params, phases, grads, steps, lr=lr, alpha=0.5, beta=0.1, decay_power=0.0,
+                weight_decay=0.0, decoupled_weight_decay=False, paper_init=True, maximize=False,
+                stochastic_rounding=True, seed=0)
+
+        row = {"bytes_per_element": bytes_per_element, "ms": timer(step)}
+        row["GBps"] = bytes_per_element * n / row["ms"] / 1e6
+        graph = graph_of(step, device)
+        if graph is not None:
+            row["graph_ms"] = timer(graph.replay)
+            row["graph_GBps"] = bytes_per_element * n / row["graph_ms"] / 1e6
+            del graph
+        out[name] = row
+        del params, grads, phases, steps, step
+        free()
+    return out
+
+
 def bench_small_tensors(count, numel, device, timer):
     out = {"count": count, "numel": numel}
     for name, shapes in (("list", [(numel,)] * count), ("flat", [(count * numel,)])):
@@ -231,6 +278,12 @@ def summarise(results):
     if "inna_bf16_ms" in model:
         rows.append(("fused INNA step, bf16 params (14 B/elem)",
                      f"{model['inna_bf16_ms']:.2f} ms, {model['inna_bf16_GBps']:.0f} GB/s", "", ""))
+    for name, row in results.get("state_dtypes", {}).items():
+        kind, ms, gbps = ("CUDA graph", row["graph_ms"], row["graph_GBps"]) if "graph_ms" in row \
+            else ("eager", row["ms"], row["GBps"])
+        rows.append((f"op alone, {name} ({row['bytes_per_element']} B/elem, SR on), {kind}",
+                     f"{ms:.2f} ms, {gbps:.0f} GB/s, {100 * gbps / bw['copy_GBps']:.1f}% of copy",
+                     "", ""))
     tag = f"{small['count']} x {small['numel']}"
     ratio_row(f"{tag} list / flat per-element time, eager (host-bound)",
               small["list_ms"] / small["flat_ms"], None if "list_graph_ms" in small else 1.5,
@@ -263,7 +316,7 @@ def parse_args(argv=None):
     p.add_argument("--small-numel", type=int, default=1_000)
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 param list")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 param lists")
     p.add_argument("--md", type=Path, help="write the markdown table here")
     p.add_argument("--json", type=Path, help="write all measurements here")
     return p.parse_args(argv)
@@ -285,6 +338,8 @@ def main(argv=None) -> int:
     print(f"bandwidth done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     results["model"] = bench_model_list(shapes, device, timer, args)
     print(f"model list done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    results["state_dtypes"] = bench_state_dtypes(shapes, device, timer, args)
+    print(f"param x phase dtypes done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     results["small"] = bench_small_tensors(args.small_count, args.small_numel, device, timer)
     print(f"small tensors done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     clock = "CUDA-event" if device.type == "cuda" else "wall-clock"

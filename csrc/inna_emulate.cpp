@@ -32,7 +32,7 @@ struct EmulationStats {
 
 thread_local EmulationStats emulation_stats;
 
-template <typename scalar_t, bool kLargeMetadata>
+template <typename scalar_t, typename phase_t, bool kLargeMetadata>
 void emulate_typed(const InnaLists& lists, const InnaHyper& h) {
   const InnaScalars scalars = make_scalars(h, lists.params[0].device());
   std::vector<TensorEntry> entries;
@@ -44,7 +44,8 @@ void emulate_typed(const InnaLists& lists, const InnaHyper& h) {
       [&](const auto& meta, int64_t blocks, int block_size) {
         for (int64_t block = 0; block < blocks; ++block) {
           for (int thread = 0; thread < block_size; ++thread) {
-            const int32_t path = inna_block_thread<scalar_t>(block, thread, block_size, meta, scalars);
+            const int32_t path =
+                inna_block_thread<scalar_t, phase_t>(block, thread, block_size, meta, scalars);
             if (thread == 0) {
               stats.vector_blocks += path == kVectorPath;
               stats.scalar_blocks += path == kScalarPath;
@@ -62,30 +63,44 @@ void emulate_typed(const InnaLists& lists, const InnaHyper& h) {
       });
 }
 
+// The phase is either in the opmath type or in bfloat16 (run_fused_inna checked which).
+template <typename scalar_t, bool kLargeMetadata>
+void emulate_phase(const InnaLists& lists, const InnaHyper& h) {
+  using opmath_t = typename OpMath<scalar_t>::type;
+  if (lists.phases[0].scalar_type() == at::kBFloat16) {
+    emulate_typed<scalar_t, c10::BFloat16, kLargeMetadata>(lists, h);
+  } else {
+    emulate_typed<scalar_t, opmath_t, kLargeMetadata>(lists, h);
+  }
+}
+
 template <bool kLargeMetadata>
 void emulated_kernel(const InnaLists& lists, const InnaHyper& h) {
   switch (lists.params[0].scalar_type()) {
-    case at::kFloat: emulate_typed<float, kLargeMetadata>(lists, h); break;
-    case at::kDouble: emulate_typed<double, kLargeMetadata>(lists, h); break;
-    case at::kHalf: emulate_typed<c10::Half, kLargeMetadata>(lists, h); break;
-    case at::kBFloat16: emulate_typed<c10::BFloat16, kLargeMetadata>(lists, h); break;
+    case at::kFloat: emulate_phase<float, kLargeMetadata>(lists, h); break;
+    case at::kDouble: emulate_phase<double, kLargeMetadata>(lists, h); break;
+    case at::kHalf: emulate_phase<c10::Half, kLargeMetadata>(lists, h); break;
+    case at::kBFloat16: emulate_phase<c10::BFloat16, kLargeMetadata>(lists, h); break;
     default: TORCH_CHECK(false, "unsupported dtype ", lists.params[0].scalar_type());
   }
 }
 
 std::vector<int64_t> emulated_cuda_launch(
-    at::TensorList params, at::TensorList psis, at::TensorList grads, at::TensorList steps,
+    at::TensorList params, at::TensorList phases, at::TensorList grads, at::TensorList steps,
     double lr, double alpha, double beta, double decay_power, double weight_decay,
-    bool decoupled_weight_decay, bool paper_init, bool maximize,
-    const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
+    bool decoupled_weight_decay, bool paper_init, bool maximize, bool stochastic_rounding,
+    int64_t seed, const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
     const std::optional<at::Tensor>& found_inf, bool large_metadata) {
   for (const auto& p : params) {
     TORCH_CHECK_VALUE(p.device().is_cpu(), "_emulated_cuda_launch_ takes CPU tensors");
   }
-  InnaHyper h{lr, lr_tensor, alpha, beta, decay_power, weight_decay, decoupled_weight_decay,
-              paper_init, maximize, grad_scale, found_inf};
+  const InnaHyper h{.lr = lr, .lr_tensor = lr_tensor, .alpha = alpha, .beta = beta,
+                    .decay_power = decay_power, .weight_decay = weight_decay,
+                    .decoupled_weight_decay = decoupled_weight_decay, .paper_init = paper_init,
+                    .maximize = maximize, .stochastic_rounding = stochastic_rounding,
+                    .seed = seed, .grad_scale = grad_scale, .found_inf = found_inf};
   emulation_stats = EmulationStats{};
-  run_fused_inna(params, psis, grads, steps, h,
+  run_fused_inna(params, phases, grads, steps, h,
                  large_metadata ? &emulated_kernel<true> : &emulated_kernel<false>);
   const EmulationStats& s = emulation_stats;
   return {s.launch.main_launches, s.launch.large_launches, s.launch.step_launches,
@@ -153,10 +168,10 @@ std::vector<int64_t> cuda_launch_constants() {
 
 TORCH_LIBRARY_FRAGMENT(inna_fused, m) {
   m.def(
-      "_emulated_cuda_launch_(Tensor(a!)[] params, Tensor(b!)[] psis, Tensor[] grads, "
+      "_emulated_cuda_launch_(Tensor(a!)[] params, Tensor(b!)[] phases, Tensor[] grads, "
       "Tensor(c!)[] steps, *, float lr, float alpha, float beta, float decay_power, "
       "float weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize, "
-      "Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "bool stochastic_rounding=True, int seed=0, Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "bool large_metadata=True) -> int[]");
   m.def("_cuda_launch_plan(int[] numels, bool large_metadata=True) -> int[]",
         &inna_fused::cuda_launch_plan);

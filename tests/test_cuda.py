@@ -9,12 +9,13 @@ import torch
 
 import inna_fused
 from inna_fused import INNA
-from inna_fused.reference import psi_dtype
 
-from inna_cuda_helpers import (DTYPE_IDS, HYPER_CASES, TOLERANCES, assert_close_report,
-                               assert_matches, make_grads, make_tensors, reference_step)
+from inna_cuda_helpers import (DTYPE_IDS, HYPER_CASES, TOLERANCES, Truth, assert_close_report,
+                               assert_matches, make_grads, make_tensors, opmath_dtype,
+                               phase_to_psi)
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+STATE_IDS = {"opmath": "opmath-phase", "bf16": "bf16-phase"}
 CHUNK = 1 << 16  # csrc/cuda/multi_tensor.cuh kChunk
 
 
@@ -28,24 +29,35 @@ def _require_cuda_kernel():
 
 
 def op_kwargs(lr=0.05, alpha=0.5, beta=0.1, decay_power=0.0, weight_decay=0.0,
-              decoupled_weight_decay=False, psi_init="paper", maximize=False, **extra):
+              decoupled_weight_decay=False, psi_init="paper", maximize=False,
+              stochastic_rounding=False, seed=0, **extra):
+    """The op's arguments. Stochastic rounding is off unless asked: most tests compare with a
+    deterministic reference."""
     return dict(lr=lr, alpha=alpha, beta=beta, decay_power=decay_power,
                 weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-                paper_init=psi_init == "paper", maximize=maximize, **extra)
+                paper_init=psi_init == "paper", maximize=maximize,
+                stochastic_rounding=stochastic_rounding, seed=seed, **extra)
 
 
-def fused_step(params, psis, grads, steps, **hyper):
+def fused_step(params, phases, grads, steps, **hyper):
     kwargs = op_kwargs(**hyper)
     if isinstance(kwargs["lr"], torch.Tensor):
-        torch.ops.inna_fused.fused_inna_.tensor_lr(params, psis, grads, steps, **kwargs)
+        torch.ops.inna_fused.fused_inna_.tensor_lr(params, phases, grads, steps, **kwargs)
     else:
-        torch.ops.inna_fused.fused_inna_(params, psis, grads, steps, **kwargs)
+        torch.ops.inna_fused.fused_inna_(params, phases, grads, steps, **kwargs)
 
 
-def new_state(params):
-    psis = [torch.full_like(p, math.nan, dtype=psi_dtype(p.dtype)) for p in params]
+def new_state(params, state="opmath"):
+    phases = [torch.full_like(p, math.nan, dtype=torch.bfloat16 if state == "bf16"
+                              else opmath_dtype(p.dtype)) for p in params]
     steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
-    return psis, steps
+    return phases, steps
+
+
+def phase_state(opt, p):
+    """The optimizer's state tensor of p (the phase; "psi" in optimizers that predate it)."""
+    state = opt.state[p]
+    return state["phase"] if "phase" in state else state["psi"]
 
 
 def odd_view(t):
@@ -56,23 +68,24 @@ def odd_view(t):
     return view
 
 
+@pytest.mark.parametrize("state", list(STATE_IDS), ids=STATE_IDS.get)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("case", list(HYPER_CASES))
-def test_cuda_matches_reference(case, dtype):
+def test_cuda_matches_reference(case, dtype, state):
     sizes = [0, 1, 7, 1000, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5]
     init = make_tensors(sizes, dtype, device="cuda")
     params = [p.clone() for p in init]
     params[3] = odd_view(params[3])  # scalar path
     params[6] = odd_view(params[6])
-    psis, steps = new_state(params)
-    ref_params = [p.clone() for p in init]
-    ref_psis = [torch.empty_like(p, dtype=psi_dtype(dtype)) for p in init]
+    phases, steps = new_state(params, state)
+    hyper = HYPER_CASES[case]
+    truth = Truth(init, alpha=hyper.get("alpha", 0.5), beta=hyper.get("beta", 0.1))
     for k in range(3):
         grads = make_grads(init, k)
-        fused_step(params, psis, grads, steps, **HYPER_CASES[case])
-        reference_step(ref_params, ref_psis, grads, [k] * len(sizes), **HYPER_CASES[case])
+        fused_step(params, phases, grads, steps, **hyper)
+        truth.step(grads, [k] * len(sizes), **hyper)
     torch.cuda.synchronize()
-    assert_matches(params, psis, ref_params, ref_psis, dtype, what=case)
+    assert_matches(params, phases, truth, dtype, what=case)
     assert [s.item() for s in steps] == [3.0] * len(sizes)
 
 
@@ -91,9 +104,11 @@ def test_cuda_optimizer_matches_cpu_fused(dtype):
             pg.grad = g.cuda()
         cuda_opt.step()
         cpu_opt.step()
-    assert_matches([p.detach() for p in cuda_params], [cuda_opt.state[p]["psi"] for p in cuda_params],
-                   [p.detach() for p in cpu_params], [cpu_opt.state[p]["psi"] for p in cpu_params],
-                   dtype, what="INNA class")
+    (pa, pr), (sa, sr) = TOLERANCES[dtype]
+    for i, (pg, pc) in enumerate(zip(cuda_params, cpu_params)):
+        assert_close_report(pg, pc, pa, pr, f"INNA class param {i}")
+        assert_close_report(phase_state(cuda_opt, pg), phase_state(cpu_opt, pc), sa, sr,
+                            f"INNA class state {i}")
     assert all(cuda_opt.state[p]["step"].device.type == "cuda" for p in cuda_params)
     assert [cuda_opt.state[p]["step"].item() for p in cuda_params] == [3.0] * 3
 
@@ -101,15 +116,20 @@ def test_cuda_optimizer_matches_cpu_fused(dtype):
 def test_cuda_opcheck():
     params = make_tensors([3, 100, 1000], torch.float32, device="cuda")
     grads = make_grads(params, 0)
-    psis = [torch.zeros_like(p) for p in params]
+    phases = [torch.zeros_like(p) for p in params]
     steps = [torch.zeros((), device="cuda") for _ in params]
-    torch.library.opcheck(torch.ops.inna_fused.fused_inna_.default, (params, psis, grads, steps),
+    torch.library.opcheck(torch.ops.inna_fused.fused_inna_.default, (params, phases, grads, steps),
                           op_kwargs(decay_power=0.5))
     torch.library.opcheck(torch.ops.inna_fused.fused_inna_.tensor_lr,
-                          (params, psis, grads, steps),
+                          (params, phases, grads, steps),
                           op_kwargs(lr=torch.tensor(0.05, device="cuda"),
                                     grad_scale=torch.tensor(4.0, device="cuda"),
                                     found_inf=torch.tensor(0.0, device="cuda")))
+    bf16 = [p.bfloat16() for p in params]
+    torch.library.opcheck(torch.ops.inna_fused.fused_inna_.default,
+                          (bf16, [torch.zeros_like(p) for p in bf16], [g.bfloat16() for g in grads],
+                           [torch.zeros((), device="cuda") for _ in bf16]),
+                          op_kwargs(stochastic_rounding=True, seed=3))
 
 
 def test_cuda_lr_tensor_on_cpu_or_gpu_same_bits():
@@ -118,10 +138,10 @@ def test_cuda_lr_tensor_on_cpu_or_gpu_same_bits():
     for lr in (0.05, torch.tensor(0.05, dtype=torch.float64),
                torch.tensor(0.05, dtype=torch.float64, device="cuda")):
         params = [p.clone() for p in init]
-        psis, steps = new_state(params)
+        phases, steps = new_state(params)
         for k in range(2):
-            fused_step(params, psis, make_grads(init, k), steps, lr=lr, decay_power=0.5)
-        results.append(params + psis + steps)
+            fused_step(params, phases, make_grads(init, k), steps, lr=lr, decay_power=0.5)
+        results.append(params + phases + steps)
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
@@ -170,7 +190,7 @@ def test_cuda_graph_capture_and_replay_matches_eager():
     torch.cuda.synchronize()
     for p, q in zip(params, eager_params):
         assert torch.equal(p, q)
-        assert torch.equal(opt.state[p]["psi"], eager_opt.state[q]["psi"])
+        assert torch.equal(phase_state(opt, p), phase_state(eager_opt, q))
         assert opt.state[p]["step"].item() == eager_opt.state[q]["step"].item() == 6
 
 
@@ -178,18 +198,18 @@ def test_cuda_compiled_op_matches_eager():
     init = make_tensors([10, 3000, CHUNK + 7], torch.float32, device="cuda")
     lr = torch.tensor(0.05, device="cuda")
 
-    def step(params, psis, grads, steps):
-        torch.ops.inna_fused.fused_inna_.tensor_lr(params, psis, grads, steps,
+    def step(params, phases, grads, steps):
+        torch.ops.inna_fused.fused_inna_.tensor_lr(params, phases, grads, steps,
                                                    **op_kwargs(lr=lr, decay_power=0.5))
 
     compiled = torch.compile(step, fullgraph=True)
     a, b = [p.clone() for p in init], [p.clone() for p in init]
-    (psis_a, steps_a), (psis_b, steps_b) = new_state(a), new_state(b)
+    (phases_a, steps_a), (phases_b, steps_b) = new_state(a), new_state(b)
     for k in range(3):
         grads = make_grads(init, k)
-        compiled(a, psis_a, grads, steps_a)
-        step(b, psis_b, grads, steps_b)
-    for x, y in zip(a + psis_a + steps_a, b + psis_b + steps_b):
+        compiled(a, phases_a, grads, steps_a)
+        step(b, phases_b, grads, steps_b)
+    for x, y in zip(a + phases_a + steps_a, b + phases_b + steps_b):
         assert torch.equal(x, y)
 
 
@@ -208,7 +228,7 @@ def test_cuda_compiled_optimizer_step_matches_eager():
         eager_opt.step()
     for p, q in zip(params, eager_params):
         assert_close_report(p, q, 1e-6, 1e-6, "param")
-        assert_close_report(opt.state[p]["psi"], eager_opt.state[q]["psi"], 1e-6, 1e-6, "psi")
+        assert_close_report(phase_state(opt, p), phase_state(eager_opt, q), 1e-6, 1e-6, "state")
 
 
 def test_cuda_grad_scaler_inf_leaves_state_untouched():
@@ -231,12 +251,12 @@ def test_cuda_grad_scaler_inf_leaves_state_untouched():
     scaler.step(opt)
     scaler.update()
     params = list(model.parameters())
-    before = [t.clone() for p in params for t in (p.detach(), opt.state[p]["psi"],
+    before = [t.clone() for p in params for t in (p.detach(), phase_state(opt, p),
                                                   opt.state[p]["step"])]
     backward(True)
     scaler.step(opt)
     scaler.update()
-    after = [t for p in params for t in (p.detach(), opt.state[p]["psi"], opt.state[p]["step"])]
+    after = [t for p in params for t in (p.detach(), phase_state(opt, p), opt.state[p]["step"])]
     assert all(torch.equal(a, b) for a, b in zip(after, before))
     assert scaler.get_scale() < 1024.0
     assert all(opt.state[p]["step"].item() == 1 for p in params)
@@ -247,15 +267,14 @@ def test_cuda_grad_scale_matches_unscaled_reference():
     scale = torch.tensor(65536.0, device="cuda")
     inv_scale = scale.double().reciprocal().float().item()
     params = [p.clone() for p in init]
-    psis, steps = new_state(params)
-    ref_params = [p.clone() for p in init]
-    ref_psis = [torch.empty_like(p, dtype=torch.float32) for p in init]
+    phases, steps = new_state(params)
+    truth = Truth(init)
     for k in range(2):
         scaled = [(g.double() * scale.item()).to(torch.bfloat16) for g in make_grads(init, k)]
-        fused_step(params, psis, scaled, steps, grad_scale=scale,
+        fused_step(params, phases, scaled, steps, grad_scale=scale,
                    found_inf=torch.zeros((), device="cuda"))
-        reference_step(ref_params, ref_psis, scaled, [k, k], lr=0.05, inv_scale=inv_scale)
-    assert_matches(params, psis, ref_params, ref_psis, torch.bfloat16, what="scaled")
+        truth.step(scaled, [k, k], lr=0.05, inv_scale=inv_scale)
+    assert_matches(params, phases, truth, torch.bfloat16, what="scaled", n_steps=2)
 
 
 def test_cuda_ten_thousand_tensors():
@@ -263,28 +282,27 @@ def test_cuda_ten_thousand_tensors():
     sizes = torch.randint(1, 2000, (10_000,), generator=g).tolist()
     init = make_tensors(sizes, torch.float32, device="cuda")
     params = [p.clone() for p in init]
-    psis, steps = new_state(params)
+    phases, steps = new_state(params)
     # The update is elementwise with one k for all: the reference on the concatenation is exact.
-    flat, flat_psi = torch.cat(init), torch.empty(sum(sizes), device="cuda")
+    truth = Truth([torch.cat(init)])
     for k in range(2):
         grads = make_grads(init, k)
-        fused_step(params, psis, grads, steps, decay_power=0.5)
-        reference_step([flat], [flat_psi], [torch.cat(grads)], [k], lr=0.05, decay_power=0.5)
-    (pa, pr), (sa, sr) = TOLERANCES[torch.float32]
-    assert_close_report(torch.cat(params), flat, pa, pr, "params")
-    assert_close_report(torch.cat(psis), flat_psi, sa, sr, "psis")
+        fused_step(params, phases, grads, steps, decay_power=0.5)
+        truth.step([torch.cat(grads)], [k], lr=0.05, decay_power=0.5)
+    assert_matches([torch.cat(params)], [torch.cat(phases)], truth, torch.float32, what="flat",
+                   n_steps=2)
     assert torch.stack(steps).eq(2).all()
 
 
 def test_cuda_ten_thousand_tensors_launch_count():
     """Launches are bounded by the metadata capacity (736 tensors), not by the tensor count."""
     params = [torch.randn(1000, device="cuda") for _ in range(10_000)]
-    psis, steps = new_state(params)
+    phases, steps = new_state(params)
     grads = [torch.randn_like(p) for p in params]
-    fused_step(params, psis, grads, steps)
+    fused_step(params, phases, grads, steps)
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fused_step(params, psis, grads, steps)
+        fused_step(params, phases, grads, steps)
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     if not names:
@@ -295,32 +313,63 @@ def test_cuda_ten_thousand_tensors_launch_count():
     assert not [n for n in names if "inna_step_increment_kernel" in n]
 
 
-def test_cuda_bitwise_deterministic():
+@pytest.mark.parametrize("state", list(STATE_IDS), ids=STATE_IDS.get)
+def test_cuda_bitwise_deterministic(state):
     init = make_tensors([3, 1000, 5 * CHUNK + 11], torch.bfloat16, device="cuda")
     runs = []
     for _ in range(2):
         params = [p.clone() for p in init]
-        psis, steps = new_state(params)
+        phases, steps = new_state(params, state)
         for k in range(3):
-            fused_step(params, psis, make_grads(init, k), steps, decay_power=0.5,
-                       weight_decay=0.01)
-        runs.append(params + psis + steps)
+            fused_step(params, phases, make_grads(init, k), steps, decay_power=0.5,
+                       weight_decay=0.01, stochastic_rounding=True, seed=5)
+        runs.append(params + phases + steps)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+SR_PAIRS = [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+            (torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16),
+            (torch.float32, torch.bfloat16), (torch.float64, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("pair", SR_PAIRS,
+                         ids=[f"{DTYPE_IDS[p]}-{DTYPE_IDS[w]}-phase" for p, w in SR_PAIRS])
+def test_cuda_stochastic_rounding_bitwise_equals_cpu_kernel(pair):
+    """The GPU kernel (nvcc's code, explicit FMAs, the same counter-based bits) and the CPU kernel
+    give the same bits with stochastic rounding on, aligned and at odd offsets."""
+    dtype, phase_dtype = pair
+    init = make_tensors([1, 7, 1000, CHUNK + 17, 2 * CHUNK + 5], dtype)
+    for seed in (0, 99):
+        results = []
+        for device in ("cuda", "cpu"):
+            params = [p.to(device, copy=True) for p in init]
+            params[2] = odd_view(params[2])
+            params[3] = odd_view(params[3])
+            phases = [torch.full_like(p, math.nan, dtype=phase_dtype) for p in params]
+            steps = [torch.zeros((), device=device) for _ in params]
+            for k in range(3):
+                grads = [g.to(device) for g in make_grads(init, k)]
+                fused_step(params, phases, grads, steps, decay_power=0.5, weight_decay=0.01,
+                           stochastic_rounding=True, seed=seed)
+            results.append([t.cpu() for t in params + phases + steps])
+        for i, (a, b) in enumerate(zip(*results)):
+            assert torch.equal(a, b), f"seed {seed}: tensor {i} ({a.dtype}) differs"
 
 
 def test_cuda_step_on_a_side_stream():
     init = make_tensors([100, CHUNK * 2], torch.float32, device="cuda")
     params = [p.clone() for p in init]
-    psis, steps = new_state(params)
+    phases, steps = new_state(params)
     grads = make_grads(init, 0)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        fused_step(params, psis, grads, steps)
+        fused_step(params, phases, grads, steps)
     torch.cuda.current_stream().wait_stream(side)
-    ref_params, ref_psis = [p.clone() for p in init], [torch.empty_like(p) for p in init]
-    reference_step(ref_params, ref_psis, grads, [0, 0], lr=0.05)
-    assert_matches(params, psis, ref_params, ref_psis, torch.float32, what="side stream")
+    torch.cuda.synchronize()
+    truth = Truth(init)
+    truth.step(grads, [0, 0], lr=0.05)
+    assert_matches(params, phases, truth, torch.float32, what="side stream", n_steps=1)
 
 
 def test_cuda_tensor_beyond_2_to_the_31_elements():
@@ -330,18 +379,20 @@ def test_cuda_tensor_beyond_2_to_the_31_elements():
         pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory")
     param = torch.empty(n, dtype=torch.bfloat16, device="cuda")
     grad = torch.empty_like(param)
-    psi = torch.empty(n, dtype=torch.float32, device="cuda")
+    phase = torch.empty(n, dtype=torch.float32, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
     param.normal_(generator=gen)
     grad.normal_(generator=gen)
-    psi.normal_(generator=gen)
+    phase.normal_(generator=gen)
     step = torch.ones((), device="cuda")
     windows = [slice(0, 4099), slice(2**31 - 70000, 2**31 + 4099)]  # first and last chunks
-    before = [(param[w].clone(), psi[w].clone(), grad[w].clone()) for w in windows]
-    fused_step([param], [psi], [grad], [step], decay_power=0.5)
-    for w, (p0, s0, g0) in zip(windows, before):
-        reference_step([p0], [s0], [g0], [1], lr=0.05, decay_power=0.5)
-        assert_matches([param[w]], [psi[w]], [p0], [s0], torch.bfloat16, what=f"window {w}")
+    before = [(param[w].clone(), phase[w].clone(), grad[w].clone()) for w in windows]
+    fused_step([param], [phase], [grad], [step], decay_power=0.5)
+    for w, (p0, w0, g0) in zip(windows, before):
+        truth = Truth([p0], psis=[phase_to_psi(p0, w0)])
+        truth.step([g0], [1], lr=0.05, decay_power=0.5)
+        assert_matches([param[w]], [phase[w]], truth, torch.bfloat16, what=f"window {w}",
+                       n_steps=1)
     assert step.item() == 2
-    del param, grad, psi
+    del param, grad, phase
     torch.cuda.empty_cache()

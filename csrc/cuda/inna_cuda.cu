@@ -35,10 +35,10 @@ namespace mta {
 
 // __grid_constant__: the metadata stays in the constant parameter bank, indexed in place rather
 // than copied to per-thread local memory.
-template <typename scalar_t, typename Meta>
+template <typename scalar_t, typename phase_t, typename Meta>
 __global__ void __launch_bounds__(kBlockLarge, 2)
     inna_multi_tensor_kernel(const INNA_GRID_CONSTANT Meta meta, const InnaScalars scalars) {
-  inna_block_thread<scalar_t>(blockIdx.x, threadIdx.x, blockDim.x, meta, scalars);
+  inna_block_thread<scalar_t, phase_t>(blockIdx.x, threadIdx.x, blockDim.x, meta, scalars);
   __syncthreads();  // every thread has read k before a single-chunk tensor's step moves
   inna_block_finish(blockIdx.x, threadIdx.x, meta, scalars);
 }
@@ -48,14 +48,19 @@ __global__ void inna_step_increment_kernel(const INNA_GRID_CONSTANT StepMeta met
   step_increment_thread(threadIdx.x, meta, scalars);
 }
 
-#define INNA_INSTANTIATE(scalar_t, capacity)                                    \
-  template __global__ void inna_multi_tensor_kernel<scalar_t, LaunchMeta<capacity>>( \
+// Each param dtype with its two phase dtypes: the opmath type and bfloat16.
+#define INNA_INSTANTIATE(scalar_t, phase_t, capacity)                                        \
+  template __global__ void inna_multi_tensor_kernel<scalar_t, phase_t, LaunchMeta<capacity>>( \
       const INNA_GRID_CONSTANT LaunchMeta<capacity>, const InnaScalars);
-#define INNA_INSTANTIATE_ALL(capacity)      \
-  INNA_INSTANTIATE(float, capacity)         \
-  INNA_INSTANTIATE(double, capacity)        \
-  INNA_INSTANTIATE(c10::Half, capacity)     \
-  INNA_INSTANTIATE(c10::BFloat16, capacity)
+#define INNA_INSTANTIATE_ALL(capacity)                   \
+  INNA_INSTANTIATE(float, float, capacity)               \
+  INNA_INSTANTIATE(float, c10::BFloat16, capacity)       \
+  INNA_INSTANTIATE(double, double, capacity)             \
+  INNA_INSTANTIATE(double, c10::BFloat16, capacity)      \
+  INNA_INSTANTIATE(c10::Half, float, capacity)           \
+  INNA_INSTANTIATE(c10::Half, c10::BFloat16, capacity)   \
+  INNA_INSTANTIATE(c10::BFloat16, float, capacity)       \
+  INNA_INSTANTIATE(c10::BFloat16, c10::BFloat16, capacity)
 INNA_INSTANTIATE_ALL(kSmallCapacity)
 #if INNA_LARGE_METADATA
 INNA_INSTANTIATE_ALL(kLargeCapacity)
@@ -68,7 +73,7 @@ namespace {
 
 using namespace mta;
 
-template <typename scalar_t>
+template <typename scalar_t, typename phase_t>
 void launch_typed(const InnaLists& lists, const InnaScalars& scalars, cudaStream_t stream) {
   std::vector<TensorEntry> entries;
   std::vector<TaggedStep> late_steps;
@@ -77,7 +82,7 @@ void launch_typed(const InnaLists& lists, const InnaScalars& scalars, cudaStream
       entries, late_steps,
       [&](const auto& meta, int64_t blocks, int block_size) {
         using Meta = std::decay_t<decltype(meta)>;
-        inna_multi_tensor_kernel<scalar_t, Meta>
+        inna_multi_tensor_kernel<scalar_t, phase_t, Meta>
             <<<static_cast<unsigned>(blocks), block_size, 0, stream>>>(meta, scalars);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       },
@@ -88,16 +93,26 @@ void launch_typed(const InnaLists& lists, const InnaScalars& scalars, cudaStream
       });
 }
 
+// The phase is either in the opmath type or in bfloat16 (run_fused_inna checked which).
+template <typename scalar_t>
+void launch_phase(const InnaLists& lists, const InnaScalars& scalars, cudaStream_t stream) {
+  if (lists.phases[0].scalar_type() == at::kBFloat16) {
+    launch_typed<scalar_t, c10::BFloat16>(lists, scalars, stream);
+  } else {
+    launch_typed<scalar_t, typename OpMath<scalar_t>::type>(lists, scalars, stream);
+  }
+}
+
 void cuda_kernel(const InnaLists& lists, const InnaHyper& h) {
   const at::Device device = lists.params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const InnaScalars scalars = make_scalars(h, device);
   switch (lists.params[0].scalar_type()) {
-    case at::kFloat: launch_typed<float>(lists, scalars, stream); break;
-    case at::kDouble: launch_typed<double>(lists, scalars, stream); break;
-    case at::kHalf: launch_typed<c10::Half>(lists, scalars, stream); break;
-    case at::kBFloat16: launch_typed<c10::BFloat16>(lists, scalars, stream); break;
+    case at::kFloat: launch_phase<float>(lists, scalars, stream); break;
+    case at::kDouble: launch_phase<double>(lists, scalars, stream); break;
+    case at::kHalf: launch_phase<c10::Half>(lists, scalars, stream); break;
+    case at::kBFloat16: launch_phase<c10::BFloat16>(lists, scalars, stream); break;
     default: TORCH_CHECK(false, "inna_fused (CUDA): unsupported dtype ", lists.params[0].scalar_type());
   }
 }

@@ -8,13 +8,19 @@
 //
 // Contract (after run_fused_inna's validation, inna_op.h):
 //   - one param dtype per call: float32, float64, float16 or bfloat16; grads of that dtype;
-//     ψ float32 (float64 for float64 params); the arithmetic in float32 (float64 for float64);
-//   - each entry's param, grad and ψ are dense with one layout: three flat arrays of numel();
+//   - one phase dtype per call: the opmath type (float32, float64 for float64 params) or bfloat16
+//     for any param dtype; the arithmetic in float32 (float64 for float64 params);
+//   - each entry's param, grad and phase are dense with one layout: three flat arrays of numel();
 //   - steps[i] is a 1-element float32 or float64 tensor on the params' device holding k;
 //   - lr (when a tensor on the params' device), grad_scale and found_inf are 1-element floating
 //     tensors read in the kernel, never on the host, so the step can be captured in a CUDA graph;
-//   - found_inf != 0: θ, ψ and the steps are left untouched;
-//   - size-0 entries move no data but their step still advances.
+//   - found_inf != 0: θ, the phase and the steps are left untouched;
+//   - size-0 entries move no data but their step still advances;
+//   - 16-bit stores (θ of float16/bfloat16 params, a bfloat16 phase) round stochastically when
+//     stochastic_rounding is set, with the counter-based bits of inna_math.h keyed by (seed, k,
+//     numel) and indexed by the element's position in its tensor (one 32-bit hash per element:
+//     high half for θ, low half for the phase): the bits never depend on the chunking or the
+//     thread, so results equal the CPU kernel's bit for bit.
 //
 // Work split. Every non-empty tensor is cut into chunks of kChunk elements; one block handles one
 // chunk. A launch carries, in its kernel arguments, the addresses of up to Capacity tensors and the
@@ -33,9 +39,10 @@
 // its threads have read k. Steps of multi-chunk and of empty tensors are bumped by a small kernel
 // after the last main launch (stream order makes every main launch finish first).
 //
-// Memory access. When θ, g and ψ of a chunk are 16-byte aligned, every thread moves kILP vectors of
-// 16 bytes of θ and of g (and the matching ψ) per iteration, adjacent threads on adjacent vectors;
-// the last count % kVec elements go through the scalar path. Otherwise (views at odd offsets) the
+// Memory access. When θ and g of a chunk are 16-byte aligned and the phase is aligned to its pack
+// (the same element count: 4 to 32 bytes), every thread moves kILP vectors of 16 bytes of θ and
+// of g (and the matching phase) per iteration, adjacent threads on adjacent vectors; the last
+// count % kVec elements go through the scalar path. Otherwise (views at odd offsets) the
 // whole chunk takes the scalar path, still kILP independent elements in flight per thread.
 #pragma once
 
@@ -47,6 +54,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 // The host half (packing, from at::Tensor lists) is hidden from nvcc's device passes, which then
 // parse a few c10 headers instead of ATen's: most of the .cu build time is header parsing.
@@ -78,6 +86,8 @@ constexpr int kBlockSmall = 128;              // ... when most tensors are far b
 constexpr int kSmallCapacity = 88;            // tensors per launch, 4 KB of kernel arguments
 constexpr int kLargeCapacity = 736;           // tensors per launch, 32 KB of kernel arguments
 constexpr int kStepCapacity = 496;            // step pointers per step-increment launch
+static_assert((int64_t(1) << 32) % kChunk == 0,
+              "a chunk must not straddle a multiple of 2^32 elements (one rounding salt per chunk)");
 
 // ---------------------------------------------------------------------------------------------
 // Scalars read in the kernel.
@@ -118,12 +128,13 @@ C10_HOST_DEVICE INNA_INLINE void increment_step(TaggedStep s) {
   }
 }
 
-// Everything but the tensor list, passed by value to every launch (96 bytes).
+// Everything but the tensor list, passed by value to every launch (104 bytes).
 struct InnaScalars {
   double lr;            // used when lr_tensor.kind == kNoScalar (a Python float, or a CPU tensor)
   double alpha, beta, decay_power, weight_decay;
   ScalarRef lr_tensor, grad_scale, found_inf;
-  bool paper_init, decoupled_wd, coupled_wd, maximize;
+  int64_t seed;         // of the stochastic rounding's random bits
+  bool paper_init, decoupled_wd, coupled_wd, maximize, stochastic_rounding;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -134,7 +145,7 @@ template <int Capacity>
 struct LaunchMeta {
   static constexpr int kCapacity = Capacity;
   void* param[Capacity];
-  void* psi[Capacity];
+  void* phase[Capacity];
   const void* grad[Capacity];
   TaggedStep step[Capacity];
   int64_t numel[Capacity];
@@ -147,7 +158,7 @@ struct StepMeta {
   int32_t count;
 };
 
-static_assert(sizeof(InnaScalars) == 96, "InnaScalars layout changed: recheck the argument budget");
+static_assert(sizeof(InnaScalars) == 104, "InnaScalars layout changed: recheck the argument budget");
 static_assert(sizeof(LaunchMeta<kSmallCapacity>) + sizeof(InnaScalars) <= 4096,
               "small launch metadata must fit the 4 KB kernel-argument limit");
 static_assert(sizeof(LaunchMeta<kLargeCapacity>) + sizeof(InnaScalars) <= 32764,
@@ -188,18 +199,24 @@ template <> struct OpMath<c10::Half> { using type = float; };
 template <> struct OpMath<c10::BFloat16> { using type = float; };
 
 // Independent 16-byte accesses (or scalars) per stream a thread keeps in flight: 64 bytes of θ per
-// iteration for float32, 32 for the others, whose wider ψ (16-bit params) or double coefficients
-// need the registers; with two 512-thread blocks per multiprocessor that is still several times
-// the bytes in flight that saturate HBM.
+// iteration for float32, 32 for the others, whose wider phase (16-bit params with a float32 phase)
+// or double coefficients need the registers; with two 512-thread blocks per multiprocessor that is
+// still several times the bytes in flight that saturate HBM.
 template <typename scalar_t>
 C10_HOST_DEVICE constexpr int ilp_for() {
   return sizeof(scalar_t) == 4 ? 4 : 2;
 }
 
-// N elements moved as one access; alignas(16) lets nvcc emit 128-bit loads and stores (two of
-// them for the 32-byte ψ vectors of 16-bit params). The host compiler sees a plain aggregate copy.
+// N elements moved as one access, aligned to its size up to 16 bytes: nvcc emits one load/store of
+// that width (two 128-bit ones for the 32-byte float32 phase packs of 16-bit params; 4 or 8 bytes
+// for the bfloat16 phase packs of float64/float32 params). The host compiler sees a plain copy.
 template <typename T, int N>
-struct alignas(16) Pack {
+constexpr size_t pack_alignment() {
+  return sizeof(T) * N >= 16 ? 16 : sizeof(T) * N;
+}
+
+template <typename T, int N>
+struct alignas(pack_alignment<T, N>()) Pack {
   T val[N];
 };
 
@@ -213,8 +230,9 @@ C10_HOST_DEVICE INNA_INLINE void store_pack(T* p, const Pack<T, N>& v) {
   *reinterpret_cast<Pack<T, N>*>(p) = v;
 }
 
-C10_HOST_DEVICE INNA_INLINE bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+template <size_t kAlign>
+C10_HOST_DEVICE INNA_INLINE bool aligned_to(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & (kAlign - 1)) == 0;
 }
 
 enum BlockPath : int32_t { kSkipped = 0, kVectorPath = 1, kScalarPath = 2 };
@@ -225,15 +243,20 @@ C10_HOST_DEVICE INNA_INLINE bool skip_step(const InnaScalars& s) {
 }
 
 // The work of thread `thread` of block `block` (of `block_size` threads) of a main launch: the
-// update of its share of one chunk. Every quantity that depends on the tensor (k, γ_k, the flags)
-// is computed by each thread from the metadata, so the function needs no shared memory and the
-// emulation can run threads one after another. Returns the path taken (for the emulation's tests).
-template <typename scalar_t, typename Meta>
+// update of its share of one chunk. Every quantity that depends on the tensor (k, γ_k, the flags,
+// the rounding keys) is computed by each thread from the metadata, so the function needs no shared
+// memory and the emulation can run threads one after another. scalar_t is the param dtype, phase_t
+// the phase's (opmath_t or c10::BFloat16). Returns the path taken (for the emulation's tests).
+template <typename scalar_t, typename phase_t, typename Meta>
 C10_HOST_DEVICE INNA_INLINE int32_t inna_block_thread(int64_t block, int thread, int block_size,
                                                       const Meta& meta, const InnaScalars& s) {
   using opmath_t = typename OpMath<scalar_t>::type;
+  static_assert(std::is_same_v<phase_t, opmath_t> || std::is_same_v<phase_t, c10::BFloat16>,
+                "the phase is stored in the opmath type or in bfloat16");
   constexpr int kVec = 16 / sizeof(scalar_t);  // elements per 16-byte access of θ and g
   constexpr int kILP = ilp_for<scalar_t>();
+  constexpr bool kTheta16 = sizeof(scalar_t) == 2;
+  constexpr bool kPhase16 = std::is_same_v<phase_t, c10::BFloat16>;
 
   if (skip_step(s)) return kSkipped;
   const BlockWork work = locate_block(meta, block);
@@ -258,34 +281,52 @@ C10_HOST_DEVICE INNA_INLINE int32_t inna_block_thread(int64_t block, int thread,
   const InnaCoeffs<opmath_t> c =
       make_coeffs<opmath_t, double>(gamma, s.alpha, s.beta, s.weight_decay, grad_factor);
 
+  // The rounding key depends on the tensor and the step only; an element's bits on its index in
+  // the whole tensor (work.start + i), so any chunking draws the same bits. A chunk (kChunk-aligned,
+  // 2^16 elements) never straddles a multiple of 2^32, so the high half of the index, and with it
+  // the salt, is the same for the whole chunk: random_bits(key, index) is then one mix32.
+  const bool sr_theta = kTheta16 && s.stochastic_rounding;
+  const bool sr_phase = kPhase16 && s.stochastic_rounding;
+  const bool sr_any = sr_theta || sr_phase;
+  const uint64_t first = static_cast<uint64_t>(work.start);
+  const uint32_t salt =
+      sr_any ? rounding_salt(rounding_key(static_cast<uint64_t>(s.seed), static_cast<uint64_t>(k),
+                                          static_cast<uint64_t>(meta.numel[t])),
+                             first)
+             : 0u;
+
   scalar_t* theta = static_cast<scalar_t*>(meta.param[t]) + work.start;
-  opmath_t* psi = static_cast<opmath_t*>(meta.psi[t]) + work.start;
+  phase_t* phase = static_cast<phase_t*>(meta.phase[t]) + work.start;
   const scalar_t* grad = static_cast<const scalar_t*>(meta.grad[t]) + work.start;
   const int32_t count = static_cast<int32_t>(work.count);
   const int32_t stride = block_size * kILP;
 
-  auto update_one = [&](int32_t i) {
-    opmath_t th = static_cast<opmath_t>(theta[i]);
-    opmath_t ps = flags.first_step ? opmath_t(0) : psi[i];
-    inna_update(th, ps, static_cast<opmath_t>(grad[i]), c, flags);
-    theta[i] = static_cast<scalar_t>(th);
-    psi[i] = ps;
+  // The update of one element from its loaded values; stores the rounded results in th and ps.
+  auto update = [&](scalar_t& th, phase_t& ps, scalar_t gr, int32_t i) {
+    opmath_t x = static_cast<opmath_t>(th);
+    opmath_t w = flags.first_step ? opmath_t(0) : static_cast<opmath_t>(ps);
+    inna_update(x, w, static_cast<opmath_t>(gr), c, flags);
+    const uint32_t bits = sr_any ? mix32(static_cast<uint32_t>(first + i) ^ salt) : 0u;
+    th = round_store<scalar_t>(x, sr_theta, theta_bits(bits));
+    ps = round_store<phase_t>(w, sr_phase, phase_bits(bits));
   };
 
-  if (aligned16(theta) && aligned16(grad) && aligned16(psi)) {
+  using PhasePack = Pack<phase_t, kVec>;
+  if (aligned_to<16>(theta) && aligned_to<16>(grad) && aligned_to<alignof(PhasePack)>(phase)) {
     const int32_t nvec = count / kVec;
     for (int32_t base = 0; base < nvec; base += stride) {
       Pack<scalar_t, kVec> th[kILP] = {};
       Pack<scalar_t, kVec> gr[kILP] = {};
-      Pack<opmath_t, kVec> ps[kILP] = {};
-      // All loads first: kILP independent 16-byte accesses per stream in flight.
+      PhasePack ps[kILP] = {};
+      // All loads first: kILP independent accesses per stream in flight. The first step never
+      // reads the phase: its contents are undefined until this pass initialises them.
       INNA_UNROLL
       for (int j = 0; j < kILP; ++j) {
         const int32_t v = base + thread + j * block_size;
         if (v < nvec) {
           th[j] = load_pack<scalar_t, kVec>(theta + int64_t(v) * kVec);
           gr[j] = load_pack<scalar_t, kVec>(grad + int64_t(v) * kVec);
-          if (!flags.first_step) ps[j] = load_pack<opmath_t, kVec>(psi + int64_t(v) * kVec);
+          if (!flags.first_step) ps[j] = load_pack<phase_t, kVec>(phase + int64_t(v) * kVec);
         }
       }
       INNA_UNROLL
@@ -294,40 +335,43 @@ C10_HOST_DEVICE INNA_INLINE int32_t inna_block_thread(int64_t block, int thread,
         if (v < nvec) {
           INNA_UNROLL
           for (int e = 0; e < kVec; ++e) {
-            opmath_t x = static_cast<opmath_t>(th[j].val[e]);
-            inna_update(x, ps[j].val[e], static_cast<opmath_t>(gr[j].val[e]), c, flags);
-            th[j].val[e] = static_cast<scalar_t>(x);
+            update(th[j].val[e], ps[j].val[e], gr[j].val[e], v * kVec + e);
           }
           store_pack<scalar_t, kVec>(theta + int64_t(v) * kVec, th[j]);
-          store_pack<opmath_t, kVec>(psi + int64_t(v) * kVec, ps[j]);
+          store_pack<phase_t, kVec>(phase + int64_t(v) * kVec, ps[j]);
         }
       }
     }
-    for (int32_t i = nvec * kVec + thread; i < count; i += block_size) update_one(i);
+    for (int32_t i = nvec * kVec + thread; i < count; i += block_size) {
+      scalar_t th = theta[i];
+      phase_t ps = flags.first_step ? phase_t(0) : phase[i];
+      update(th, ps, grad[i], i);
+      theta[i] = th;
+      phase[i] = ps;
+    }
     return kVectorPath;
   }
 
   for (int32_t base = 0; base < count; base += stride) {
     scalar_t th[kILP] = {};
     scalar_t gr[kILP] = {};
-    opmath_t ps[kILP] = {};
+    phase_t ps[kILP] = {};
     INNA_UNROLL
     for (int j = 0; j < kILP; ++j) {
       const int32_t i = base + thread + j * block_size;
       if (i < count) {
         th[j] = theta[i];
         gr[j] = grad[i];
-        if (!flags.first_step) ps[j] = psi[i];
+        if (!flags.first_step) ps[j] = phase[i];
       }
     }
     INNA_UNROLL
     for (int j = 0; j < kILP; ++j) {
       const int32_t i = base + thread + j * block_size;
       if (i < count) {
-        opmath_t x = static_cast<opmath_t>(th[j]);
-        inna_update(x, ps[j], static_cast<opmath_t>(gr[j]), c, flags);
-        theta[i] = static_cast<scalar_t>(x);
-        psi[i] = ps[j];
+        update(th[j], ps[j], gr[j], i);
+        theta[i] = th[j];
+        phase[i] = ps[j];
       }
     }
   }
@@ -361,7 +405,7 @@ C10_HOST_DEVICE INNA_INLINE void step_increment_thread(int64_t index, const Step
 
 struct TensorEntry {
   void* param;
-  void* psi;
+  void* phase;
   const void* grad;
   TaggedStep step;
   int64_t numel;
@@ -421,6 +465,8 @@ inline InnaScalars make_scalars(const InnaHyper& h, const at::Device& device) {
   s.decoupled_wd = h.decoupled_weight_decay && h.weight_decay != 0.0;
   s.coupled_wd = !h.decoupled_weight_decay && h.weight_decay != 0.0;
   s.maximize = h.maximize;
+  s.seed = h.seed;
+  s.stochastic_rounding = h.stochastic_rounding;
   return s;
 }
 
@@ -437,7 +483,7 @@ int64_t fill_meta(LaunchMeta<Capacity>& meta, const TensorEntry* first, int coun
   for (int i = 0; i < count; ++i) {
     const TensorEntry& e = first[i];
     meta.param[i] = e.param;
-    meta.psi[i] = e.psi;
+    meta.phase[i] = e.phase;
     meta.grad[i] = e.grad;
     meta.step[i] = e.step;
     meta.numel[i] = e.numel;
@@ -511,7 +557,7 @@ inline void collect_entries(const InnaLists& lists, std::vector<TensorEntry>& en
     const int64_t numel = lists.params[i].numel();
     const TaggedStep step = tag_step(lists.steps[i]);
     if (numel > 0) {
-      entries.push_back({lists.params[i].data_ptr(), lists.psis[i].data_ptr(),
+      entries.push_back({lists.params[i].data_ptr(), lists.phases[i].data_ptr(),
                          lists.grads[i].const_data_ptr(), step, numel});
     }
     if (!step_advanced_in_block(numel)) late_steps.push_back(step);
