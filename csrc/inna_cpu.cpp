@@ -154,19 +154,14 @@ inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a
       }
 #if defined(CPU_CAPABILITY_AVX2)
       if constexpr (std::is_same_v<dst_t, c10::BFloat16>) {
-        // round_stochastic_bf16 on 16 lanes: finite values add their 16 random bits to their
-        // float bits and truncate; non-finite ones round to nearest (inf keeps its bits, NaN
-        // becomes 0x7FC0).
-        const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+        // round_stochastic_bf16 on 16 lanes: add the 16 random bits to the float bits and
+        // truncate (inf keeps its bits: no carry reaches them); NaN becomes 0x7FC0.
         auto round8 = [&](const Vectorized<float>& v, const uint32_t* r) {
           __m256i rand = _mm256_load_si256(reinterpret_cast<const __m256i*>(r));
           rand = half == BitsHalf::kTheta ? _mm256_srli_epi32(rand, 16)
                                           : _mm256_and_si256(rand, _mm256_set1_epi32(0xFFFF));
-          const __m256i u = _mm256_castps_si256(v);
-          const __m256i nonfinite = _mm256_cmpeq_epi32(_mm256_and_si256(u, exponent), exponent);
+          const __m256i out = _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(v), rand), 16);
           const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-          const __m256i out =
-              _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_andnot_si256(nonfinite, rand)), 16);
           return _mm256_blendv_epi8(out, _mm256_set1_epi32(0x7FC0), nan);
         };
         // packus works within 128-bit halves; the permute restores element order.

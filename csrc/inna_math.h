@@ -183,13 +183,13 @@ C10_HOST_DEVICE inline uint32_t float_bits(float x) {
 }
 
 // bfloat16 keeps the top 16 bits of a float32: adding 16 random bits (r16 < 2^16) below them and
-// truncating rounds the magnitude up with probability (dropped bits)/2^16. Non-finite values
-// round to nearest.
+// truncating rounds the magnitude up with probability (dropped bits)/2^16. An infinity keeps its
+// bits (its low mantissa is 0, so nothing carries); a value beyond the largest finite bfloat16 may
+// round to infinity, as round-to-nearest does; NaN rounds to nearest (0x7FC0).
 C10_HOST_DEVICE inline c10::BFloat16 round_stochastic_bf16(float x, uint32_t r16) {
-  uint32_t u = float_bits(x);
-  if ((u & 0x7F800000u) == 0x7F800000u) return c10::BFloat16(x);
-  u += r16;
-  return c10::BFloat16(static_cast<uint16_t>(u >> 16), c10::BFloat16::from_bits());
+  if (x != x) return c10::BFloat16(x);
+  return c10::BFloat16(static_cast<uint16_t>((float_bits(x) + r16) >> 16),
+                       c10::BFloat16::from_bits());
 }
 
 // float16 has fewer exponent bits (subnormals below 2^-14), so work with the two neighbours:
