@@ -70,14 +70,17 @@ def simd_flags():
 def extension():
     # -fopenmp: at::parallel_for is header code that runs serially without it. The libgomp it links
     # is the one libtorch already loaded (same soname), so both share one thread pool.
-    cxx = ["-O3", "-fopenmp", *simd_flags()]
+    # -ffp-contract=off (and nvcc's --fmad=false): csrc/inna_math.h writes every fused multiply-add
+    # explicitly; contracting anything else would let a lane's result depend on how the loop
+    # around it was compiled (full vs partial SIMD blocks, i.e. on the thread split).
+    cxx = ["-O3", "-ffp-contract=off", "-fopenmp", *simd_flags()]
     link = ["-fopenmp"]
     sources = source_list("cpp")
     if want_cuda():
         cxx.append("-DINNA_WITH_CUDA")
         # No --use_fast_math: flush-to-zero and approximate division would break agreement with
         # the reference (IEEE float32/float64 arithmetic, denormals kept).
-        nvcc = ["-O3", "-lineinfo"]
+        nvcc = ["-O3", "-lineinfo", "--fmad=false"]
         if os.environ.get("INNA_FUSED_NVCC_VERBOSE") == "1":
             nvcc += ["-Xptxas", "-v"]  # registers, spills and stack per kernel in the build log
         return cpp_extension.CUDAExtension(

@@ -1,16 +1,21 @@
-// inna_cpu.cpp — CPU backend of inna_fused::fused_inna_: memory movement only, the math is
-// inna_math.h.
+// inna_cpu.cpp — CPU backend of inna_fused::fused_inna_: memory movement only, the math and the
+// rounding are inna_math.h.
 //
 // Contract (after run_fused_inna's validation): one param dtype per call (float32, float64,
-// float16, bfloat16); grads of the param dtype; ψ in float32 (float64 for float64 params); each
-// entry's param, grad and ψ share one dense layout and are walked as flat arrays; size-0 entries
-// move no data but their step still advances.
+// float16, bfloat16); grads of the param dtype; one phase dtype per call: the opmath type
+// (float32, float64 for float64 params) or bfloat16; each entry's param, grad and phase share one
+// dense layout and are walked as flat arrays; size-0 entries move no data but their step still
+// advances. The first step never reads the phase (it is initialised in the same pass).
 //
 // Work split: the list's elements, laid end to end, are cut into units of kChunk elements and
 // at::parallel_for runs over the units, so a list of many small tensors parallelises like one
 // large tensor and every thread gets the same number of elements. A unit may span several
-// tensors or start mid-tensor; every element gets the same inna_update() whether it sits in a
-// full or a partial SIMD vector, so results are bitwise identical for any number of threads.
+// tensors or start mid-tensor, at any offset modulo the SIMD width. Results do not depend on it:
+// every block of elements, full or partial, goes through the one `update_block` call site; the
+// math uses explicit fused multiply-adds and the file is compiled with -ffp-contract=off, so no
+// lane's arithmetic depends on its position; and the stochastic rounding's random bits are a
+// function of the element's index in its tensor, not of the thread. Results are bitwise identical
+// for any number of threads.
 
 // SIMD level: the vector types follow the flags the extension was compiled with (setup.py adds
 // -mavx2 -mfma -mf16c on machines that have them). The private namespace name keeps these
@@ -32,6 +37,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <tuple>
 #include <type_traits>
 
 namespace inna_fused {
@@ -44,58 +51,92 @@ constexpr int64_t kChunk = 1 << 15;  // elements per work unit
 // One flat entry of the list with its per-tensor scalars.
 struct Entry {
   void* param;
-  void* psi;
+  void* phase;
   const void* grad;
   int64_t numel;
   double gamma;
   bool first_step;
+  uint64_t theta_key, phase_key;  // stochastic rounding keys (inna_math.h)
 };
 
-// Same-precision path: θ, g and ψ are all opmath_t (float32 or float64).
-template <typename scalar_t>
-void update_span_full(scalar_t* theta, scalar_t* psi, const scalar_t* grad, int64_t n,
-                 const InnaCoeffs<Vectorized<scalar_t>>& c, const InnaFlags& f) {
-  using Vec = Vectorized<scalar_t>;
-  constexpr int64_t W = Vec::size();
-  auto one = [&](int64_t i, int64_t count) {
-    Vec th = Vec::loadu(theta + i, count);
-    Vec g = Vec::loadu(grad + i, count);
-    Vec ps = f.first_step ? Vec(scalar_t(0)) : Vec::loadu(psi + i, count);
-    inna_update(th, ps, g, c, f);
-    th.store(theta + i, count);
-    ps.store(psi + i, count);
-  };
-  int64_t i = 0;
-  for (; i + W <= n; i += W) one(i, W);
-  if (i < n) one(i, n - i);
+// A block is two SIMD vectors of opmath_t: 16 elements for float, 8 for double. 16 is also the
+// width of one Vectorized<BFloat16/Half>, so 16-bit data converts in one step.
+template <typename opmath_t>
+constexpr int64_t kBlock = 2 * Vectorized<opmath_t>::size();
+
+// Load `count` (≤ kBlock) elements of `src` as two opmath vectors; lanes past `count` are 0.
+template <typename opmath_t, typename src_t>
+inline void load_block(const src_t* src, int64_t count, Vectorized<opmath_t>& a,
+                       Vectorized<opmath_t>& b) {
+  using Vec = Vectorized<opmath_t>;
+  constexpr int64_t H = Vec::size();
+  if constexpr (std::is_same_v<src_t, opmath_t>) {
+    a = Vec::loadu(src, std::min(count, H));
+    b = count > H ? Vec::loadu(src + H, count - H) : Vec(opmath_t(0));
+  } else if constexpr (std::is_same_v<opmath_t, float>) {  // 16-bit data, float arithmetic
+    std::tie(a, b) = at::vec::convert_to_float<src_t>(Vectorized<src_t>::loadu(src, count));
+  } else {  // a bfloat16 phase of a float64 param
+    opmath_t buf[kBlock<opmath_t>] = {};
+    for (int64_t j = 0; j < count; ++j) buf[j] = static_cast<opmath_t>(src[j]);
+    a = Vec::loadu(buf);
+    b = Vec::loadu(buf + H);
+  }
 }
 
-// Reduced-precision path: θ and g are float16/bfloat16, ψ and the arithmetic are float32.
-template <typename scalar_t>
-void update_span_reduced(scalar_t* theta, float* psi, const scalar_t* grad, int64_t n,
-                 const InnaCoeffs<Vectorized<float>>& c, const InnaFlags& f) {
-  using bVec = Vectorized<scalar_t>;
-  using fVec = Vectorized<float>;
-  constexpr int64_t W = bVec::size();  // == 2 * fVec::size()
-  constexpr int64_t H = fVec::size();
-  auto one = [&](int64_t i, int64_t count) {
-    const int64_t lo = std::min(count, H), hi = count - lo;
-    auto [th0, th1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(theta + i, count));
-    auto [g0, g1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(grad + i, count));
-    fVec ps0(0.0f), ps1(0.0f);
-    if (!f.first_step) {
-      ps0 = fVec::loadu(psi + i, lo);
-      ps1 = fVec::loadu(psi + i + H, hi);
+// Store the first `count` lanes of (a, b) into `dst`: stochastically rounded when asked (16-bit
+// destinations), else rounded to nearest. `index` is the element's index in its tensor.
+template <typename dst_t, typename opmath_t>
+inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a,
+                        const Vectorized<opmath_t>& b, bool stochastic, uint64_t key,
+                        uint64_t index) {
+  using Vec = Vectorized<opmath_t>;
+  constexpr int64_t H = Vec::size();
+  constexpr int64_t L = kBlock<opmath_t>;
+  if constexpr (std::is_same_v<dst_t, opmath_t>) {
+    a.store(dst, std::min(count, H));
+    if (count > H) b.store(dst + H, count - H);
+  } else {
+    if constexpr (std::is_same_v<opmath_t, float>) {
+      if (!stochastic) {
+        at::vec::convert_from_float<dst_t>(a, b).store(dst, count);
+        return;
+      }
     }
-    inna_update(th0, ps0, g0, c, f);
-    inna_update(th1, ps1, g1, c, f);
-    at::vec::convert_from_float<scalar_t>(th0, th1).store(theta + i, count);
-    ps0.store(psi + i, lo);
-    ps1.store(psi + i + H, hi);
+    opmath_t buf[L];
+    a.store(buf);
+    b.store(buf + H);
+    dst_t out[L];
+    // A fixed trip count over the whole block lets the compiler vectorise the hash.
+    for (int64_t j = 0; j < L; ++j) {
+      out[j] = round_store<dst_t>(buf[j], stochastic, key, index + static_cast<uint64_t>(j));
+    }
+    std::memcpy(dst, out, count * sizeof(dst_t));
+  }
+}
+
+// The update of `n` consecutive elements of one tensor, starting at element `first` of it.
+template <typename scalar_t, typename phase_t>
+void update_span(const Entry& entry, int64_t first, int64_t n,
+                 const InnaCoeffs<Vectorized<at::opmath_type<scalar_t>>>& c, const InnaFlags& f,
+                 bool sr_theta, bool sr_phase) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<opmath_t>;
+  constexpr int64_t L = kBlock<opmath_t>;
+  scalar_t* theta = static_cast<scalar_t*>(entry.param) + first;
+  phase_t* phase = static_cast<phase_t*>(entry.phase) + first;
+  const scalar_t* grad = static_cast<const scalar_t*>(entry.grad) + first;
+  auto update_block = [&](int64_t i, int64_t count) {
+    Vec th0, th1, g0, g1, w0(opmath_t(0)), w1(opmath_t(0));
+    load_block<opmath_t>(theta + i, count, th0, th1);
+    load_block<opmath_t>(grad + i, count, g0, g1);
+    if (!f.first_step) load_block<opmath_t>(phase + i, count, w0, w1);
+    inna_update(th0, w0, g0, c, f);
+    inna_update(th1, w1, g1, c, f);
+    const auto index = static_cast<uint64_t>(first + i);
+    store_block(theta + i, count, th0, th1, sr_theta, entry.theta_key, index);
+    store_block(phase + i, count, w0, w1, sr_phase, entry.phase_key, index);
   };
-  int64_t i = 0;
-  for (; i + W <= n; i += W) one(i, W);
-  if (i < n) one(i, n - i);
+  for (int64_t i = 0; i < n; i += L) update_block(i, std::min(L, n - i));
 }
 
 double read_scalar(const at::Tensor& t) {
@@ -111,7 +152,7 @@ void increment_step(const at::Tensor& t) {
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename phase_t>
 void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
   using opmath_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<opmath_t>;
@@ -130,6 +171,11 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
   base_flags.scale_grad = h.grad_scale.has_value() || h.maximize;
   base_flags.decoupled_wd = h.decoupled_weight_decay && h.weight_decay != 0.0;
   base_flags.coupled_wd = !h.decoupled_weight_decay && h.weight_decay != 0.0;
+  constexpr bool kSixteenBitParam = sizeof(scalar_t) == 2;
+  constexpr bool kSixteenBitPhase = sizeof(phase_t) == 2;
+  const bool sr_theta = h.stochastic_rounding && kSixteenBitParam;
+  const bool sr_phase = h.stochastic_rounding && kSixteenBitPhase;
+  const auto seed = static_cast<uint64_t>(h.seed);
 
   // Flatten the list into entries and a prefix sum of their element counts: the list's elements
   // laid end to end.
@@ -144,8 +190,12 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
     if (p.numel() == 0) continue;
     const double k = read_scalar(lists.steps[i]);
     const double gamma = h.decay_power == 0.0 ? lr : lr / std::pow(k + 1.0, h.decay_power);
-    entries.push_back({p.data_ptr(), lists.psis[i].data_ptr(), lists.grads[i].const_data_ptr(),
-                       p.numel(), gamma, k == 0.0});
+    const auto step = static_cast<uint64_t>(k);
+    const auto numel = static_cast<uint64_t>(p.numel());
+    entries.push_back({p.data_ptr(), lists.phases[i].data_ptr(), lists.grads[i].const_data_ptr(),
+                       p.numel(), gamma, k == 0.0,
+                       rounding_key(seed, step, numel, kThetaStream),
+                       rounding_key(seed, step, numel, kPhaseStream)});
     entry_start.push_back(total);
     total += p.numel();
   }
@@ -170,14 +220,7 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
       flags.first_step = entry.first_step;
       const auto coeffs = make_coeffs<Vec, double>(entry.gamma, h.alpha, h.beta, h.weight_decay,
                                                    grad_factor);
-      auto* theta = static_cast<scalar_t*>(entry.param) + lo;
-      auto* psi = static_cast<opmath_t*>(entry.psi) + lo;
-      const auto* grad = static_cast<const scalar_t*>(entry.grad) + lo;
-      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-        update_span_full(theta, psi, grad, hi - lo, coeffs, flags);
-      } else {
-        update_span_reduced(theta, psi, grad, hi - lo, coeffs, flags);
-      }
+      update_span<scalar_t, phase_t>(entry, lo, hi - lo, coeffs, flags, sr_theta, sr_phase);
       pos = entry_start[e] + hi;
     }
   });
@@ -186,8 +229,15 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
 }
 
 void cpu_kernel(const InnaLists& lists, const InnaHyper& h) {
+  const bool bf16_phase = lists.phases[0].scalar_type() == at::kBFloat16;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lists.params[0].scalar_type(),
-                                  "inna_fused_cpu", [&] { cpu_kernel_typed<scalar_t>(lists, h); });
+                                  "inna_fused_cpu", [&] {
+    if (bf16_phase) {
+      cpu_kernel_typed<scalar_t, c10::BFloat16>(lists, h);
+    } else {
+      cpu_kernel_typed<scalar_t, at::opmath_type<scalar_t>>(lists, h);
+    }
+  });
 }
 
 }  // namespace
