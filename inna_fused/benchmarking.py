@@ -155,15 +155,15 @@ STREAM_DTYPE = torch.float32
 def bytes_per_element(provider: str, dtype: torch.dtype) -> int:
     """Bytes one step must read plus write per parameter element (what the memory has to move).
 
-    INNA reads θ, g, ψ and writes θ, ψ, with ψ in float32 for 16-bit params (float32: 20,
-    bf16: 14). SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
+    INNA reads θ, g, its phase and writes θ and the phase, the phase in float32 for 16-bit params
+    (float32: 20, bf16: 14). SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
     write θ, m, v, their state in the param dtype (as torch keeps it). The stream op reads a, b
     and writes a. Per-tensor scalars (step counts) are ignored.
     """
     e = torch.empty((), dtype=dtype).element_size()
     if provider in INNA_PROVIDERS:
-        psi = 8 if dtype == torch.float64 else 4
-        return 3 * e + 2 * psi
+        phase = 8 if dtype == torch.float64 else 4
+        return 3 * e + 2 * phase
     if provider == "sgd":
         return 5 * e
     if provider in ("adam", "adamw"):
