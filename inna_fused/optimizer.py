@@ -22,8 +22,9 @@ _LOADED_GROUP_DEFAULTS = dict(psi_init="zero", decoupled_weight_decay=False, max
                               foreach=None, fused=None, capturable=False, decaypower=0.0,
                               weight_decay=0.0, state_dtype=None, stochastic_rounding=True,
                               seed=0)
-# Group keys this optimizer's own value fills in when a loaded state_dict lacks them: how the
-# state is stored is the loading optimizer's choice, not the checkpoint's.
+# Group keys that a loaded state_dict may lack (the authors' class, older versions of this one):
+# this optimizer's own values fill them in, so that e.g. a ψ checkpoint loaded into an optimizer
+# built with state_dtype=torch.bfloat16 keeps a bfloat16 phase.
 _STORAGE_KEYS = ("state_dtype", "stochastic_rounding", "seed")
 
 
