@@ -11,11 +11,11 @@
 // at::parallel_for runs over the units, so a list of many small tensors parallelises like one
 // large tensor and every thread gets the same number of elements. A unit may span several
 // tensors or start mid-tensor, at any offset modulo the SIMD width. Results do not depend on it:
-// every block of elements, full or partial, goes through the one `update_block` call site; the
-// math uses explicit fused multiply-adds and the file is compiled with -ffp-contract=off, so no
-// lane's arithmetic depends on its position; and the stochastic rounding's random bits are a
+// the math uses explicit fused multiply-adds and the file is compiled with -ffp-contract=off, so
+// a lane's arithmetic is the same IEEE operations whether its element sits in a full block or in
+// a span's partial last block, in any lane; and the stochastic rounding's random bits are a
 // function of the element's index in its tensor, not of the thread. Results are bitwise identical
-// for any number of threads.
+// for any number of threads (tests/test_cpu_work_split.py splits at every offset of a block).
 
 // SIMD level: the vector types follow the flags the extension was compiled with (setup.py adds
 // -mavx2 -mfma -mf16c on machines that have them). The private namespace name keeps these
@@ -34,6 +34,10 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -56,25 +60,35 @@ struct Entry {
   int64_t numel;
   double gamma;
   bool first_step;
-  uint64_t theta_key, phase_key;  // stochastic rounding keys (inna_math.h)
+  uint64_t rounding_key;  // stochastic rounding (inna_math.h)
 };
 
 // A block is two SIMD vectors of opmath_t: 16 elements for float, 8 for double. 16 is also the
-// width of one Vectorized<BFloat16/Half>, so 16-bit data converts in one step.
+// width of one Vectorized<BFloat16/Half>, so 16-bit data converts in one step. Full blocks take
+// the kFull = true instantiations (counts known at compile time); a span's last, partial block
+// the kFull = false ones, whose loads zero-fill and whose stores write `count` lanes. Both run the
+// same per-lane arithmetic (no contraction, see above), so an element's result does not depend on
+// which of the two it went through.
 template <typename opmath_t>
 constexpr int64_t kBlock = 2 * Vectorized<opmath_t>::size();
 
 // Load `count` (≤ kBlock) elements of `src` as two opmath vectors; lanes past `count` are 0.
-template <typename opmath_t, typename src_t>
+template <bool kFull, typename opmath_t, typename src_t>
 inline void load_block(const src_t* src, int64_t count, Vectorized<opmath_t>& a,
                        Vectorized<opmath_t>& b) {
   using Vec = Vectorized<opmath_t>;
   constexpr int64_t H = Vec::size();
   if constexpr (std::is_same_v<src_t, opmath_t>) {
-    a = Vec::loadu(src, std::min(count, H));
-    b = count > H ? Vec::loadu(src + H, count - H) : Vec(opmath_t(0));
+    if constexpr (kFull) {
+      a = Vec::loadu(src);
+      b = Vec::loadu(src + H);
+    } else {
+      a = Vec::loadu(src, std::min(count, H));
+      b = count > H ? Vec::loadu(src + H, count - H) : Vec(opmath_t(0));
+    }
   } else if constexpr (std::is_same_v<opmath_t, float>) {  // 16-bit data, float arithmetic
-    std::tie(a, b) = at::vec::convert_to_float<src_t>(Vectorized<src_t>::loadu(src, count));
+    const auto v = kFull ? Vectorized<src_t>::loadu(src) : Vectorized<src_t>::loadu(src, count);
+    std::tie(a, b) = at::vec::convert_to_float<src_t>(v);
   } else {  // a bfloat16 phase of a float64 param
     opmath_t buf[kBlock<opmath_t>] = {};
     for (int64_t j = 0; j < count; ++j) buf[j] = static_cast<opmath_t>(src[j]);
@@ -83,32 +97,133 @@ inline void load_block(const src_t* src, int64_t count, Vectorized<opmath_t>& a,
   }
 }
 
-// Store the first `count` lanes of (a, b) into `dst`: stochastically rounded when asked (16-bit
-// destinations), else rounded to nearest. `index` is the element's index in its tensor.
-template <typename dst_t, typename opmath_t>
+// random_bits(key, index + j) for j < L (inna_math.h), eight lanes at a time with AVX2.
+template <int64_t L>
+inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
+#if defined(CPU_CAPABILITY_AVX2)
+  static_assert(L % 8 == 0);
+  // The salt depends on index >> 32: constant over the block unless its low half wraps.
+  if (static_cast<uint32_t>(index) <= 0xFFFFFFFFu - L) {
+    const __m256i salt = _mm256_set1_epi32(static_cast<int32_t>(rounding_salt(key, index)));
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i c1 = _mm256_set1_epi32(static_cast<int32_t>(0x7FEB352Du));
+    const __m256i c2 = _mm256_set1_epi32(static_cast<int32_t>(0x846CA68Bu));
+    for (int64_t j = 0; j < L; j += 8) {
+      __m256i x = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(index + j)), lanes);
+      x = _mm256_xor_si256(x, salt);
+      x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));  // mix32, as in inna_math.h
+      x = _mm256_mullo_epi32(x, c1);
+      x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+      x = _mm256_mullo_epi32(x, c2);
+      x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bits + j), x);
+    }
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < L; ++j) bits[j] = random_bits(key, index + static_cast<uint64_t>(j));
+}
+
+// Which half of an element's 32 random bits a store uses (inna_math.h: theta_bits, phase_bits).
+enum class BitsHalf { kTheta, kPhase };
+
+// Store the first `count` lanes of (a, b) into `dst`: stochastically rounded with the block's
+// random bits when asked (16-bit destinations), else rounded to nearest.
+template <bool kFull, typename dst_t, typename opmath_t>
 inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a,
-                        const Vectorized<opmath_t>& b, bool stochastic, uint64_t key,
-                        uint64_t index) {
+                        const Vectorized<opmath_t>& b, bool stochastic, const uint32_t* bits,
+                        BitsHalf half) {
   using Vec = Vectorized<opmath_t>;
   constexpr int64_t H = Vec::size();
   constexpr int64_t L = kBlock<opmath_t>;
   if constexpr (std::is_same_v<dst_t, opmath_t>) {
-    a.store(dst, std::min(count, H));
-    if (count > H) b.store(dst + H, count - H);
+    if constexpr (kFull) {
+      a.store(dst);
+      b.store(dst + H);
+    } else {
+      a.store(dst, std::min(count, H));
+      if (count > H) b.store(dst + H, count - H);
+    }
+    return;
   } else {
     if constexpr (std::is_same_v<opmath_t, float>) {
       if (!stochastic) {
-        at::vec::convert_from_float<dst_t>(a, b).store(dst, count);
+        const auto v = at::vec::convert_from_float<dst_t>(a, b);
+        kFull ? v.store(dst) : v.store(dst, count);
         return;
       }
+#if defined(CPU_CAPABILITY_AVX2)
+      if constexpr (std::is_same_v<dst_t, c10::BFloat16>) {
+        // round_stochastic_bf16 on 16 lanes: finite values add their 16 random bits to their
+        // float bits and truncate; non-finite ones round to nearest (inf keeps its bits, NaN
+        // becomes 0x7FC0).
+        const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+        auto round8 = [&](const Vectorized<float>& v, const uint32_t* r) {
+          __m256i rand = _mm256_load_si256(reinterpret_cast<const __m256i*>(r));
+          rand = half == BitsHalf::kTheta ? _mm256_srli_epi32(rand, 16)
+                                          : _mm256_and_si256(rand, _mm256_set1_epi32(0xFFFF));
+          const __m256i u = _mm256_castps_si256(v);
+          const __m256i nonfinite = _mm256_cmpeq_epi32(_mm256_and_si256(u, exponent), exponent);
+          const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+          const __m256i out =
+              _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_andnot_si256(nonfinite, rand)), 16);
+          return _mm256_blendv_epi8(out, _mm256_set1_epi32(0x7FC0), nan);
+        };
+        // packus works within 128-bit halves; the permute restores element order.
+        const __m256i packed = _mm256_permute4x64_epi64(
+            _mm256_packus_epi32(round8(a, bits), round8(b, bits + 8)), 0xD8);
+        if constexpr (kFull) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), packed);
+        } else {
+          alignas(32) uint16_t out[16];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(out), packed);
+          std::memcpy(dst, out, count * sizeof(dst_t));
+        }
+        return;
+      }
+      if constexpr (std::is_same_v<dst_t, c10::Half>) {
+        // round_stochastic_half on 8 lanes with F16C: lo is the conversion toward zero (the
+        // float16 of largest magnitude ≤ |x|), hi the next one up; round up iff
+        // u·(hi − lo) < |x| − lo. Lanes with |x| ≥ 65504, inf or NaN round to nearest.
+        auto round8 = [&](const Vectorized<float>& v, const uint32_t* r) {
+          __m256i rand = _mm256_load_si256(reinterpret_cast<const __m256i*>(r));
+          rand = half == BitsHalf::kTheta ? _mm256_srli_epi32(rand, 16)
+                                          : _mm256_and_si256(rand, _mm256_set1_epi32(0xFFFF));
+          const __m256 x = v;
+          const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+          const __m128i lo = _mm256_cvtps_ph(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+          const __m128i hi = _mm_add_epi16(lo, _mm_set1_epi16(1));
+          const __m256 lo_f = _mm256_cvtph_ps(lo);
+          const __m256 gap = _mm256_and_ps(_mm256_sub_ps(_mm256_cvtph_ps(hi), lo_f), abs_mask);
+          const __m256 frac = _mm256_and_ps(_mm256_sub_ps(x, lo_f), abs_mask);
+          const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(rand), _mm256_set1_ps(1.52587890625e-5f));
+          const __m256 up = _mm256_cmp_ps(_mm256_mul_ps(u, gap), frac, _CMP_LT_OQ);
+          const __m256 big = _mm256_cmp_ps(_mm256_and_ps(x, abs_mask), _mm256_set1_ps(65504.0f),
+                                           _CMP_NLT_UQ);
+          const __m128i nearest = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          auto mask16 = [](__m256 m) {  // 8 × 32-bit lane masks → 8 × 16-bit lane masks
+            const __m256i i = _mm256_castps_si256(m);
+            return _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+          };
+          const __m128i rounded = _mm_blendv_epi8(lo, hi, mask16(up));
+          return _mm_blendv_epi8(rounded, nearest, mask16(big));
+        };
+        alignas(32) uint16_t out[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(out), round8(a, bits));
+        _mm_store_si128(reinterpret_cast<__m128i*>(out + 8), round8(b, bits + 8));
+        std::memcpy(dst, out, count * sizeof(dst_t));
+        return;
+      }
+#endif
     }
     opmath_t buf[L];
     a.store(buf);
     b.store(buf + H);
     dst_t out[L];
-    // A fixed trip count over the whole block lets the compiler vectorise the hash.
-    for (int64_t j = 0; j < L; ++j) {
-      out[j] = round_store<dst_t>(buf[j], stochastic, key, index + static_cast<uint64_t>(j));
+    for (int64_t j = 0; j < count; ++j) {
+      const uint32_t r16 = !stochastic ? 0u
+                           : half == BitsHalf::kTheta ? theta_bits(bits[j]) : phase_bits(bits[j]);
+      out[j] = round_store<dst_t>(buf[j], stochastic, r16);
     }
     std::memcpy(dst, out, count * sizeof(dst_t));
   }
@@ -125,18 +240,24 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
   scalar_t* theta = static_cast<scalar_t*>(entry.param) + first;
   phase_t* phase = static_cast<phase_t*>(entry.phase) + first;
   const scalar_t* grad = static_cast<const scalar_t*>(entry.grad) + first;
-  auto update_block = [&](int64_t i, int64_t count) {
+  auto update_block = [&](int64_t i, int64_t count, auto full) {
+    constexpr bool kFull = decltype(full)::value;
     Vec th0, th1, g0, g1, w0(opmath_t(0)), w1(opmath_t(0));
-    load_block<opmath_t>(theta + i, count, th0, th1);
-    load_block<opmath_t>(grad + i, count, g0, g1);
-    if (!f.first_step) load_block<opmath_t>(phase + i, count, w0, w1);
+    load_block<kFull, opmath_t>(theta + i, count, th0, th1);
+    load_block<kFull, opmath_t>(grad + i, count, g0, g1);
+    if (!f.first_step) load_block<kFull, opmath_t>(phase + i, count, w0, w1);
     inna_update(th0, w0, g0, c, f);
     inna_update(th1, w1, g1, c, f);
-    const auto index = static_cast<uint64_t>(first + i);
-    store_block(theta + i, count, th0, th1, sr_theta, entry.theta_key, index);
-    store_block(phase + i, count, w0, w1, sr_phase, entry.phase_key, index);
+    alignas(32) uint32_t bits[L];  // the elements' random bits, when a store rounds with them
+    if (sr_theta || sr_phase) {
+      block_random_bits<L>(entry.rounding_key, static_cast<uint64_t>(first + i), bits);
+    }
+    store_block<kFull>(theta + i, count, th0, th1, sr_theta, bits, BitsHalf::kTheta);
+    store_block<kFull>(phase + i, count, w0, w1, sr_phase, bits, BitsHalf::kPhase);
   };
-  for (int64_t i = 0; i < n; i += L) update_block(i, std::min(L, n - i));
+  int64_t i = 0;
+  for (; i + L <= n; i += L) update_block(i, L, std::true_type{});
+  if (i < n) update_block(i, n - i, std::false_type{});
 }
 
 double read_scalar(const at::Tensor& t) {
@@ -193,9 +314,7 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
     const auto step = static_cast<uint64_t>(k);
     const auto numel = static_cast<uint64_t>(p.numel());
     entries.push_back({p.data_ptr(), lists.phases[i].data_ptr(), lists.grads[i].const_data_ptr(),
-                       p.numel(), gamma, k == 0.0,
-                       rounding_key(seed, step, numel, kThetaStream),
-                       rounding_key(seed, step, numel, kPhaseStream)});
+                       p.numel(), gamma, k == 0.0, rounding_key(seed, step, numel)});
     entry_start.push_back(total);
     total += p.numel();
   }

@@ -132,13 +132,12 @@ C10_HOST_DEVICE inline void inna_update(T& theta, T& phase, T grad, const InnaCo
 //
 // A 16-bit store (θ of a float16/bfloat16 param, a bfloat16 phase) rounds its float32 value to
 // one of its two 16-bit neighbours, up with probability equal to the distance from the lower one
-// in units of their gap: unbiased, so updates far below half an ulp still move θ on average. The
-// random bits are a counter-based hash of (seed, step k, numel, stream, element index): the same
-// element draws the same bits on every run, for any thread count, on the CPU and the CUDA kernel,
-// in the foreach path (inna_fused/functional.py re-implements these functions bit for bit), and
-// on every data-parallel replica. Stream 0 rounds θ, stream 1 the phase.
-
-enum RoundingStream : uint32_t { kThetaStream = 0, kPhaseStream = 1 };
+// in units of their gap (resolution 2^-16): unbiased, so updates far below half an ulp still move
+// θ on average. The random bits are a counter-based hash of (seed, step k, numel, element index):
+// the same element draws the same bits on every run, for any thread count, on the CPU and the
+// CUDA kernel, in the foreach and loop paths (inna_fused/rounding.py re-implements these
+// functions bit for bit), and on every data-parallel replica. One 32-bit hash per element serves
+// both stores: its high 16 bits round θ, its low 16 bits round the phase.
 
 C10_HOST_DEVICE inline uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -147,10 +146,9 @@ C10_HOST_DEVICE inline uint64_t splitmix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// One key per (tensor, step, stream); computed once per tensor per call.
-C10_HOST_DEVICE inline uint64_t rounding_key(uint64_t seed, uint64_t step, uint64_t numel,
-                                             uint32_t stream) {
-  return splitmix64(splitmix64(splitmix64(seed) ^ step) ^ (numel * 2 + stream));
+// One key per (tensor, step); computed once per tensor per call.
+C10_HOST_DEVICE inline uint64_t rounding_key(uint64_t seed, uint64_t step, uint64_t numel) {
+  return splitmix64(splitmix64(splitmix64(seed) ^ step) ^ numel);
 }
 
 // A 32-bit integer hash with good avalanche (a bijection of the 32-bit integers).
@@ -163,11 +161,20 @@ C10_HOST_DEVICE inline uint32_t mix32(uint32_t x) {
   return x;
 }
 
+// The part of an element's hash input that depends on the high half of its index (constant over
+// the first 2^32 elements of a tensor, so a SIMD or CUDA loop computes it once).
+C10_HOST_DEVICE inline uint32_t rounding_salt(uint64_t key, uint64_t index) {
+  return static_cast<uint32_t>(key) ^
+         mix32(static_cast<uint32_t>(index >> 32) ^ static_cast<uint32_t>(key >> 32));
+}
+
 // 32 random bits for element `index` of a tensor under `key`.
 C10_HOST_DEVICE inline uint32_t random_bits(uint64_t key, uint64_t index) {
-  const uint32_t x = mix32(static_cast<uint32_t>(index) ^ static_cast<uint32_t>(key));
-  return mix32(x ^ static_cast<uint32_t>(index >> 32) ^ static_cast<uint32_t>(key >> 32));
+  return mix32(static_cast<uint32_t>(index) ^ rounding_salt(key, index));
 }
+
+C10_HOST_DEVICE inline uint32_t theta_bits(uint32_t bits) { return bits >> 16; }
+C10_HOST_DEVICE inline uint32_t phase_bits(uint32_t bits) { return bits & 0xFFFFu; }
 
 C10_HOST_DEVICE inline uint32_t float_bits(float x) {
   uint32_t u;
@@ -175,26 +182,21 @@ C10_HOST_DEVICE inline uint32_t float_bits(float x) {
   return u;
 }
 
-C10_HOST_DEVICE inline float bits_float(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, sizeof(x));
-  return x;
-}
-
-// bfloat16 keeps the top 16 bits of a float32: adding 16 random bits below them and truncating
-// rounds the magnitude up with probability (dropped bits)/2^16. Non-finite values round to nearest.
-C10_HOST_DEVICE inline c10::BFloat16 round_stochastic_bf16(float x, uint32_t bits) {
+// bfloat16 keeps the top 16 bits of a float32: adding 16 random bits (r16 < 2^16) below them and
+// truncating rounds the magnitude up with probability (dropped bits)/2^16. Non-finite values
+// round to nearest.
+C10_HOST_DEVICE inline c10::BFloat16 round_stochastic_bf16(float x, uint32_t r16) {
   uint32_t u = float_bits(x);
   if ((u & 0x7F800000u) == 0x7F800000u) return c10::BFloat16(x);
-  u += bits >> 16;
+  u += r16;
   return c10::BFloat16(static_cast<uint16_t>(u >> 16), c10::BFloat16::from_bits());
 }
 
 // float16 has fewer exponent bits (subnormals below 2^-14), so work with the two neighbours:
 // lo, the float16 of largest magnitude ≤ |x|, and hi, the next one up. Round up iff
-// u·(hi − lo) < |x| − lo for u = (bits >> 8)·2^-24 ∈ [0, 1). Every operand is exact (the gap is a
-// power of two, |x| − lo is exact by Sterbenz), so this decision is the same on every device.
-C10_HOST_DEVICE inline c10::Half round_stochastic_half(float x, uint32_t bits) {
+// u·(hi − lo) < |x| − lo for u = r16·2^-16 ∈ [0, 1). Every operand is exact (the gap is a power of
+// two, |x| − lo is exact by Sterbenz), so this decision is the same on every device.
+C10_HOST_DEVICE inline c10::Half round_stochastic_half(float x, uint32_t r16) {
   const c10::Half nearest(x);
   const float nearest_f = static_cast<float>(nearest);
   if (!(std::fabs(x) < 65504.0f) || nearest_f == x) return nearest;  // exact, overflow, inf, NaN
@@ -205,19 +207,19 @@ C10_HOST_DEVICE inline c10::Half round_stochastic_half(float x, uint32_t bits) {
   const uint16_t hi = lo + 1;           // ≤ 0x7BFF: |x| < 65504
   const float lo_f = static_cast<float>(c10::Half(lo, c10::Half::from_bits()));
   const float hi_f = static_cast<float>(c10::Half(hi, c10::Half::from_bits()));
-  const float u = static_cast<float>(bits >> 8) * 5.9604644775390625e-8f;  // 2^-24
+  const float u = static_cast<float>(r16) * 1.52587890625e-5f;  // 2^-16
   const uint16_t mag = u * (hi_f - lo_f) < ax - lo_f ? hi : lo;
   return c10::Half(static_cast<uint16_t>(sign | mag), c10::Half::from_bits());
 }
 
-// Store an opmath value into a param or state element: stochastic rounding for 16-bit
-// destinations when asked, round to nearest otherwise.
+// Store an opmath value into a param or state element: stochastic rounding with the 16 random
+// bits r16 for 16-bit destinations when asked, round to nearest otherwise.
 template <typename dst_t, typename T>
-C10_HOST_DEVICE inline dst_t round_store(T x, bool stochastic, uint64_t key, uint64_t index) {
+C10_HOST_DEVICE inline dst_t round_store(T x, bool stochastic, uint32_t r16) {
   if constexpr (std::is_same_v<dst_t, c10::BFloat16>) {
-    if (stochastic) return round_stochastic_bf16(static_cast<float>(x), random_bits(key, index));
+    if (stochastic) return round_stochastic_bf16(static_cast<float>(x), r16);
   } else if constexpr (std::is_same_v<dst_t, c10::Half>) {
-    if (stochastic) return round_stochastic_half(static_cast<float>(x), random_bits(key, index));
+    if (stochastic) return round_stochastic_half(static_cast<float>(x), r16);
   }
   return static_cast<dst_t>(x);
 }

@@ -136,13 +136,14 @@ DEFAULT_WORKLOADS = ("flat-2^16", "flat-2^18", "flat-2^20", "flat-2^22", "flat-2
 # ---------------------------------------------------------------------------------------------
 # Providers and bytes
 
-INNA_PROVIDERS = ("reference", "foreach", "fused")
+INNA_PROVIDERS = ("reference", "foreach", "fused", "fused-bf16state")
 BASELINE_PROVIDERS = ("sgd", "adam", "adamw", "stream")
 PROVIDERS = INNA_PROVIDERS + BASELINE_PROVIDERS
 PROVIDER_LABELS = {
     "reference": "INNA per-param loop",
     "foreach": "INNA foreach",
     "fused": "INNA fused",
+    "fused-bf16state": "INNA fused, bf16 state",
     "sgd": "torch SGD(m=0.9, fused)",
     "adam": "torch Adam(fused)",
     "adamw": "torch AdamW(fused)",
@@ -155,15 +156,18 @@ STREAM_DTYPE = torch.float32
 def bytes_per_element(provider: str, dtype: torch.dtype) -> int:
     """Bytes one step must read plus write per parameter element (what the memory has to move).
 
-    INNA reads θ, g, its phase and writes θ and the phase, the phase in float32 for 16-bit params
-    (float32: 20, bf16: 14). SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
+    INNA reads θ, g, its state (the phase) and writes θ and the state; the state is float32 for
+    16-bit params (float32: 20, bf16: 14), or bfloat16 with `state_dtype=torch.bfloat16`
+    ("fused-bf16state"; float32 params: 16, bf16: 10). SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
     write θ, m, v, their state in the param dtype (as torch keeps it). The stream op reads a, b
     and writes a. Per-tensor scalars (step counts) are ignored.
     """
     e = torch.empty((), dtype=dtype).element_size()
+    if provider == "fused-bf16state":
+        return 3 * e + 2 * 2
     if provider in INNA_PROVIDERS:
-        phase = 8 if dtype == torch.float64 else 4
-        return 3 * e + 2 * phase
+        state = 8 if dtype == torch.float64 else 4
+        return 3 * e + 2 * state
     if provider == "sgd":
         return 5 * e
     if provider in ("adam", "adamw"):
@@ -228,6 +232,8 @@ def make_optimizer(provider: str, params) -> torch.optim.Optimizer:
         return INNA(params, lr=LR, foreach=True)
     if provider == "fused":
         return INNA(params, lr=LR, fused=True)
+    if provider == "fused-bf16state":
+        return INNA(params, lr=LR, fused=True, state_dtype=torch.bfloat16)
     if provider == "sgd":
         return torch.optim.SGD(params, lr=LR, momentum=0.9, fused=True)
     if provider == "adam":
@@ -246,7 +252,7 @@ def make_runner(provider: str, workload: Workload, device="cpu", dtype=torch.flo
     device = torch.device(device)
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
-    if provider == "fused" and not _ops.kernel_available(device.type):
+    if provider.startswith("fused") and not _ops.kernel_available(device.type):
         raise ProviderUnavailable(_ops.unavailable_reason(device.type))
     generator = torch.Generator().manual_seed(seed)
     if provider == "stream":

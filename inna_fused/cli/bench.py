@@ -36,6 +36,12 @@ TARGETS = (
     ("speedup_vs_reference", "fused speed-up over the per-parameter loop (ResNet-50 list)",
      8.0, 10.0, ">="),
     ("speedup_vs_foreach", "fused speed-up over foreach (ResNet-50 list)", 3.0, 3.0, ">="),
+    ("bf16_state_vs_fp32_state_bf16", "bf16 params: bf16 state / float32 state time (10 vs 14 "
+     "B/element), largest flat >= 2^24", 0.80, 0.80, "<="),
+    ("bf16_state_vs_fp32_state_fp32", "fp32 params: bf16 state / float32 state time (16 vs 20 "
+     "B/element), largest flat >= 2^24", 0.85, 0.85, "<="),
+    ("fused_vs_sgd_bf16", "fused / SGD(m=0.9, fused) time, largest flat bf16 >= 2^24",
+     1.00, 1.00, "<="),
 )
 
 
@@ -199,6 +205,13 @@ def _find(rows, provider, workload, dtype="float32") -> Optional[dict]:
     return None
 
 
+def _largest_flat(rows, provider, dtype) -> Optional[dict]:
+    flats = [r for r in rows if r["kind"] == "flat" and r["dtype"] == dtype
+             and r["provider"] == provider and r["numel"] >= 1 << 24
+             and r["workload"].startswith("flat-") and r["median_s"] is not None]
+    return max(flats, key=lambda r: r["numel"]) if flats else None
+
+
 def check_targets(rows: list[dict]) -> list[dict]:
     """The acceptance targets that these results can answer, each with its measured value."""
     flats = sorted((r for r in rows if r["kind"] == "flat" and r["dtype"] == "float32"
@@ -215,6 +228,19 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 values[key] = (fused["median_s"] / other["median_s"], w)
         if fused["pct_stream"] is not None:
             values["fused_pct_stream"] = (fused["pct_stream"], w)
+    for dtype, key in (("bfloat16", "bf16_state_vs_fp32_state_bf16"),
+                       ("float32", "bf16_state_vs_fp32_state_fp32")):
+        largest = _largest_flat(rows, "fused-bf16state", dtype)
+        if largest:
+            other = _find(rows, "fused", largest["workload"], dtype)
+            if other:
+                values[key] = (largest["median_s"] / other["median_s"], largest["workload"])
+    largest = _largest_flat(rows, "fused", "bfloat16")
+    if largest:
+        other = _find(rows, "sgd", largest["workload"], "bfloat16")
+        if other:
+            values["fused_vs_sgd_bf16"] = (largest["median_s"] / other["median_s"],
+                                           largest["workload"])
     listed, flat = _find(rows, "fused", "resnet50"), _find(rows, "fused", "resnet50-flat")
     if listed and flat:
         values["list_vs_flat"] = (listed["median_s"] / flat["median_s"], "resnet50")

@@ -27,6 +27,7 @@ from . import data as datasets
 from . import models
 
 OPTIMIZERS = ("inna", "sgd", "adam", "adagrad")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DISPLAY_NAMES = {"inna": "INNA", "sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad"}
 # γ₀ per optimizer for the digits default, picked like the paper: lowest training loss after
 # 5 of the 20 epochs (seed 0) over a small grid per optimizer, except Adam: the rule picked 1e-2,
@@ -43,7 +44,9 @@ def make_optimizer(name: str, params, lr: float, args):
 
     if name == "inna":
         return INNA(params, lr=lr, alpha=args.alpha, beta=args.beta,
-                    decaypower=args.decaypower, psi_init=args.psi_init), None
+                    decaypower=args.decaypower, psi_init=args.psi_init,
+                    state_dtype=DTYPES[args.state_dtype] if args.state_dtype else None,
+                    stochastic_rounding=args.rounding == "stochastic"), None
     if name == "sgd":
         sgd = torch.optim.SGD(params, lr=lr)
         power = args.decaypower
@@ -56,14 +59,15 @@ def make_optimizer(name: str, params, lr: float, args):
 
 
 @torch.no_grad()
-def evaluate(model, x, y, batch_size: int, device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode."""
+def evaluate(model, x, y, batch_size: int, device, dtype=torch.float32) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over (x, y), in eval mode; the model runs in `dtype`, the
+    loss is computed in float32 from its logits."""
     model.eval()
     total_loss, correct = 0.0, 0
     chunk = max(batch_size, 256)  # no gradients kept: larger chunks are fine
     for start in range(0, len(x), chunk):
-        xb, yb = x[start:start + chunk].to(device), y[start:start + chunk].to(device)
-        logits = model(xb)
+        xb, yb = x[start:start + chunk].to(device, dtype), y[start:start + chunk].to(device)
+        logits = model(xb).float()
         total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
     return total_loss / len(x), correct / len(x)
@@ -75,8 +79,10 @@ def train_run(optimizer_name: str, lr: float, seed: int, data: datasets.ImageDat
     from tqdm import tqdm
 
     device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
     torch.manual_seed(seed)  # same initialisation and dropout masks for every optimizer
-    model = models.build(data.name, data.in_channels, data.num_classes).to(device)
+    # The whole model in `dtype` (what a user who casts the model gets; no float32 master copy).
+    model = models.build(data.name, data.in_channels, data.num_classes).to(device, dtype)
     optimizer, scheduler = make_optimizer(optimizer_name, model.parameters(), lr, args)
     order = torch.Generator().manual_seed(seed)  # same mini-batch order for every optimizer
     train_x, train_y = data.train_x, data.train_y
@@ -86,8 +92,9 @@ def train_run(optimizer_name: str, lr: float, seed: int, data: datasets.ImageDat
         batches = min(batches, args.max_batches)
 
     def measure(curves):
-        train_loss, train_acc = evaluate(model, train_x, train_y, args.batch_size, device)
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, args.batch_size, device)
+        train_loss, train_acc = evaluate(model, train_x, train_y, args.batch_size, device, dtype)
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, args.batch_size, device,
+                                       dtype)
         for key, value in (("train_loss", train_loss), ("train_acc", train_acc),
                            ("test_loss", test_loss), ("test_acc", test_acc)):
             curves[key].append(value)
@@ -102,9 +109,9 @@ def train_run(optimizer_name: str, lr: float, seed: int, data: datasets.ImageDat
         permutation = torch.randperm(n, generator=order)
         for b in range(batches):
             index = permutation[b * args.batch_size:(b + 1) * args.batch_size]
-            xb, yb = train_x[index].to(device), train_y[index].to(device)
+            xb, yb = train_x[index].to(device, dtype), train_y[index].to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            loss = F.cross_entropy(model(xb).float(), yb)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
@@ -235,6 +242,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decaypower", type=float, default=0.5,
                         help="q in γ_k = γ₀/(k+1)^q for INNA and SGD (paper: 0.5)")
     parser.add_argument("--psi-init", choices=("paper", "zero"), default="paper")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="dtype of the whole model (params, activations, grads); the loss is "
+                        "computed in float32 from the logits")
+    parser.add_argument("--state-dtype", choices=("float32", "bfloat16"), default=None,
+                        help="INNA's state (phase) dtype (default float32)")
+    parser.add_argument("--rounding", choices=("stochastic", "nearest"), default="stochastic",
+                        help="how INNA rounds its 16-bit stores (default: stochastic)")
     parser.add_argument("--grid", action="store_true",
                         help="INNA only, every (α, β) in --alphas × --betas (Fig. 2)")
     parser.add_argument("--alphas", default="0.1,0.5,1.0,1.5")
@@ -294,8 +308,8 @@ def run(args) -> int:
         for name in names:
             runs.append(train_run(name, getattr(args, f"lr_{name}"), seed, data, args, progress))
     summary = summarise(runs)
-    title = (f"{data.name}: INNA (α = {args.alpha:g}, β = {args.beta:g}) vs SGD, Adam, Adagrad; "
-             f"mean of log10 loss and min..max over {args.seeds} seeds")
+    title = (f"{data.name} ({args.dtype}): INNA (α = {args.alpha:g}, β = {args.beta:g}) vs SGD, "
+             f"Adam, Adagrad; mean of log10 loss and min..max over {args.seeds} seeds")
     curves_png = os.path.join(args.out, "train_curves.png")
     plot_curves(runs, title, curves_png)
     result_json = os.path.join(args.out, "train_results.json")
