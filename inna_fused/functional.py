@@ -43,7 +43,8 @@ from torch import Tensor
 
 from . import _ops
 from .reference import PSI_INITS, psi_dtype, step_size
-from .rounding import PHASE_STREAM, THETA_STREAM, element_indices, round_stochastic, rounding_key
+from .rounding import (element_indices, phase_bits, random_bits, round_stochastic, rounding_key,
+                       theta_bits)
 
 IMPLS = ("fused", "foreach", "loop", "reference")
 _PARAM_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -325,25 +326,30 @@ def _coefficients(gamma: float, alpha: float, beta: float, weight_decay: float) 
     )
 
 
-def _store(dst: Tensor, value: Tensor, stochastic: bool, seed: int, k: int, stream: int,
-           index_of) -> None:
-    """Write `value` (float32 or float64) into `dst`: stochastic rounding for 16-bit `dst` when
-    asked (float64 values are first rounded to float32), round to nearest otherwise."""
+def _store(dst: Tensor, value: Tensor, r16: Optional[Tensor]) -> None:
+    """Write `value` (float32 or float64) into `dst`: 16-bit `dst` take float32 values, rounded
+    stochastically with the 16 random bits per element `r16` when given, to nearest otherwise."""
     if dst.dtype in _SIXTEEN_BIT:
         value = value.to(torch.float32)
-        if stochastic and dst.numel() > 0:
-            key = rounding_key(seed, k, dst.numel(), stream)
-            value = round_stochastic(value, dst.dtype, key, index_of())
+        if r16 is not None:
+            value = round_stochastic(value, dst.dtype, r16)
     dst.copy_(value)
 
 
 def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed) -> None:
+    """Write back the new θ and phases (those computed in copies). One hash per element serves
+    both stores, as in the kernels: its high 16 bits round θ, its low 16 bits the phase."""
     for p, phase, g, theta, new_phase, k in zip(params, phases, grads, thetas, new_phases, ks):
-        index_of = lambda p=p, g=g, phase=phase: element_indices(p, g, phase)  # noqa: E731
+        round_theta = stochastic and theta is not p and p.dtype in _SIXTEEN_BIT and p.numel() > 0
+        round_phase = (stochastic and new_phase is not phase and phase.dtype == torch.bfloat16
+                       and phase.numel() > 0)
+        bits = None
+        if round_theta or round_phase:
+            bits = random_bits(rounding_key(seed, k, p.numel()), element_indices(p, g, phase))
         if theta is not p:
-            _store(p, theta, stochastic, seed, k, THETA_STREAM, index_of)
+            _store(p, theta, theta_bits(bits) if round_theta else None)
         if new_phase is not phase:
-            _store(phase, new_phase, stochastic, seed, k, PHASE_STREAM, index_of)
+            _store(phase, new_phase, phase_bits(bits) if round_phase else None)
 
 
 def _loop_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,

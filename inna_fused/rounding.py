@@ -2,8 +2,9 @@
 
 A 16-bit store (θ of a float16/bfloat16 param, a bfloat16 phase) rounds its float32 value to one of
 its two 16-bit neighbours, up with probability equal to its distance from the lower one in units
-of their gap. The random bits are a counter-based hash of (seed, step k, numel, stream, element
-index), so the foreach and loop paths draw exactly the bits the compiled kernels draw.
+of their gap (resolution 2^-16). The random bits are a counter-based hash of (seed, step k, numel,
+element index), so the foreach and loop paths draw exactly the bits the compiled kernels draw. One
+32-bit hash per element serves both stores: its high 16 bits round θ, its low 16 bits the phase.
 
 Unsigned 32-bit values are held in int64 tensors. A 32×32-bit product would overflow int64, so
 `_mul_u32` multiplies by the two 16-bit halves of the constant and keeps the low 32 bits.
@@ -13,12 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-THETA_STREAM = 0
-PHASE_STREAM = 1
-
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
-_TWO_POW_MINUS_24 = 5.9604644775390625e-8
+_TWO_POW_MINUS_16 = 1.52587890625e-5
 _HALF_MAX = 65504.0
 
 
@@ -30,10 +28,9 @@ def splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def rounding_key(seed: int, step: int, numel: int, stream: int) -> int:
-    """One 64-bit key per (tensor, step, stream); `step` is k before the step."""
-    return splitmix64(splitmix64(splitmix64(seed & _MASK64) ^ (step & _MASK64))
-                      ^ ((numel * 2 + stream) & _MASK64))
+def rounding_key(seed: int, step: int, numel: int) -> int:
+    """One 64-bit key per (tensor, step); `step` is k before the step."""
+    return splitmix64(splitmix64(splitmix64(seed & _MASK64) ^ (step & _MASK64)) ^ (numel & _MASK64))
 
 
 def _mul_u32(x: Tensor, constant: int) -> Tensor:
@@ -53,9 +50,21 @@ def mix32(x: Tensor) -> Tensor:
 
 
 def random_bits(key: int, index: Tensor) -> Tensor:
-    """32 random bits (as int64 values in [0, 2^32)) for each element index (an int64 tensor)."""
-    x = mix32((index & _MASK32) ^ (key & _MASK32))
-    return mix32(x ^ (index >> 32) ^ (key >> 32))
+    """32 random bits (as int64 values in [0, 2^32)) for each element index (an int64 tensor):
+    mix32(low half of index ^ salt), salt = low half of key ^ mix32(high half of index ^ high
+    half of key)."""
+    salt = (key & _MASK32) ^ mix32((index >> 32) ^ (key >> 32))
+    return mix32((index & _MASK32) ^ salt)
+
+
+def theta_bits(bits: Tensor) -> Tensor:
+    """The 16 random bits that round θ: the high half of the element's hash."""
+    return bits >> 16
+
+
+def phase_bits(bits: Tensor) -> Tensor:
+    """The 16 random bits that round the phase: the low half of the element's hash."""
+    return bits & 0xFFFF
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -83,20 +92,21 @@ def element_indices(param: Tensor, grad: Tensor, phase: Tensor) -> Tensor:
     return torch.arange(numel, dtype=torch.int64, device=param.device).view(param.shape)
 
 
-def round_to_bf16_stochastic(x: Tensor, bits: Tensor) -> Tensor:
-    """float32 → bfloat16: add the top 16 random bits below the kept ones and truncate (rounds the
-    magnitude up with probability (dropped bits)/2^16). Non-finite values round to nearest."""
+def round_to_bf16_stochastic(x: Tensor, r16: Tensor) -> Tensor:
+    """float32 → bfloat16: add 16 random bits (r16 < 2^16) below the kept ones and truncate
+    (rounds the magnitude up with probability (dropped bits)/2^16). Non-finite values round to
+    nearest."""
     u = x.view(torch.int32).to(torch.int64) & _MASK32
     finite = (u & 0x7F800000) != 0x7F800000
-    top = ((u + (bits >> 16)) >> 16) & 0xFFFF
+    top = ((u + r16) >> 16) & 0xFFFF
     rounded = torch.where(top >= 0x8000, top - 0x10000, top).to(torch.int16).view(torch.bfloat16)
     return torch.where(finite, rounded, x.to(torch.bfloat16))
 
 
-def round_to_half_stochastic(x: Tensor, bits: Tensor) -> Tensor:
+def round_to_half_stochastic(x: Tensor, r16: Tensor) -> Tensor:
     """float32 → float16 between the two neighbours: lo, the float16 of largest magnitude ≤ |x|,
-    and hi, the next one up; up iff u·(hi − lo) < |x| − lo with u = (bits >> 8)·2^-24. Exact,
-    non-finite and |x| ≥ 65504 values round to nearest."""
+    and hi, the next one up; up iff u·(hi − lo) < |x| − lo with u = r16·2^-16 (r16 < 2^16).
+    Exact, non-finite and |x| ≥ 65504 values round to nearest."""
     nearest = x.to(torch.float16)
     nearest_f = nearest.to(torch.float32)
     magnitude = x.abs()
@@ -108,18 +118,17 @@ def round_to_half_stochastic(x: Tensor, bits: Tensor) -> Tensor:
     hi = lo + 1
     lo_f = lo.to(torch.int16).view(torch.float16).to(torch.float32)
     hi_f = hi.to(torch.int16).view(torch.float16).to(torch.float32)
-    u = (bits >> 8).to(torch.float32) * _TWO_POW_MINUS_24
+    u = r16.to(torch.float32) * _TWO_POW_MINUS_16
     mag = torch.where(u * (hi_f - lo_f) < magnitude - lo_f, hi, lo)
     signed = sign | mag
     rounded = torch.where(signed >= 0x8000, signed - 0x10000, signed).to(torch.int16)
     return torch.where(keep_nearest, nearest, rounded.view(torch.float16))
 
 
-def round_stochastic(x: Tensor, dtype: torch.dtype, key: int, index: Tensor) -> Tensor:
-    """Round float32 `x` to a 16-bit `dtype` with the bits of `key` at `index`."""
-    bits = random_bits(key, index)
+def round_stochastic(x: Tensor, dtype: torch.dtype, r16: Tensor) -> Tensor:
+    """Round float32 `x` to a 16-bit `dtype` with 16 random bits per element."""
     if dtype == torch.bfloat16:
-        return round_to_bf16_stochastic(x, bits)
+        return round_to_bf16_stochastic(x, r16)
     if dtype == torch.float16:
-        return round_to_half_stochastic(x, bits)
+        return round_to_half_stochastic(x, r16)
     raise TypeError(f"stochastic rounding stores float16 or bfloat16, not {dtype}")

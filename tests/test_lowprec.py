@@ -47,13 +47,15 @@ def test_mix32_in_int64_tensors_equals_unsigned_32_bit_arithmetic():
 
 
 def test_random_bits_use_both_halves_of_index_and_key():
-    key = rounding.rounding_key(seed=3, step=7, numel=10, stream=0)
+    key = rounding.rounding_key(seed=3, step=7, numel=10)
     index = torch.tensor([5, 5 + 2**32], dtype=torch.int64)
     low, high = rounding.random_bits(key, index).tolist()
     assert low != high
-    x = mix32_python(5 ^ (key & 0xFFFFFFFF))
-    assert low == mix32_python(x ^ 0 ^ (key >> 32))
-    assert all(0 <= b < 2**32 for b in (low, high))
+    for i, bits in ((5, low), (5 + 2**32, high)):
+        salt = (key & 0xFFFFFFFF) ^ mix32_python((i >> 32) ^ (key >> 32))
+        assert bits == mix32_python((i & 0xFFFFFFFF) ^ salt)
+    assert rounding.theta_bits(torch.tensor([0xABCD1234])).item() == 0xABCD
+    assert rounding.phase_bits(torch.tensor([0xABCD1234])).item() == 0x1234
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,7 +76,8 @@ def test_stochastic_rounding_picks_a_neighbour_and_keeps_exact_values(dtype):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(20000, generator=gen) * torch.logspace(-6, 4, 20000)
     x[:100] = x[:100].to(dtype).float()  # exactly representable: must not move
-    rounded = rounding.round_stochastic(x, dtype, 12345, torch.arange(x.numel())).float()
+    r16 = rounding.theta_bits(rounding.random_bits(12345, torch.arange(x.numel())))
+    rounded = rounding.round_stochastic(x, dtype, r16).float()
     assert torch.equal(rounded[:100], x[:100])
     lo, hi = neighbours(x, dtype)
     assert bool(((rounded == lo) | (rounded == hi)).all())
@@ -84,7 +87,7 @@ def test_stochastic_rounding_picks_a_neighbour_and_keeps_exact_values(dtype):
 @pytest.mark.parametrize("dtype", SIXTEEN_BIT, ids=DTYPE_IDS.get)
 def test_stochastic_rounding_of_special_values_is_round_to_nearest(dtype):
     x = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 1e6, -7e4])
-    rounded = rounding.round_stochastic(x, dtype, 99, torch.arange(x.numel()))
+    rounded = rounding.round_stochastic(x, dtype, torch.arange(x.numel()) * 9000)
     assert torch.equal(rounded.isnan(), x.to(dtype).isnan())
     finite = ~x.isnan()
     assert torch.equal(rounded[finite], x[finite].to(dtype))
@@ -99,10 +102,12 @@ def test_stochastic_rounding_is_unbiased(dtype, fraction):
         up = torch.nextafter(base_t, torch.tensor(1e4).to(dtype) * (1 if base > 0 else -1))
         ulp = (up.float() - base_t.float()).abs().item()
         x = torch.full((n,), base_t.float().item() + (1 if base > 0 else -1) * fraction * ulp)
-        key = rounding.rounding_key(seed=0, step=1, numel=n, stream=0)
-        rounded = rounding.round_stochastic(x, dtype, key, torch.arange(n)).double()
-        standard_error = ulp * (fraction * (1 - fraction) / n) ** 0.5
-        assert abs(rounded.mean().item() - x[0].item()) < 5 * standard_error, (base, fraction)
+        key = rounding.rounding_key(seed=0, step=1, numel=n)
+        for r16 in (rounding.theta_bits, rounding.phase_bits):
+            bits = r16(rounding.random_bits(key, torch.arange(n)))
+            rounded = rounding.round_stochastic(x, dtype, bits).double()
+            standard_error = ulp * (fraction * (1 - fraction) / n) ** 0.5
+            assert abs(rounded.mean().item() - x[0].item()) < 5 * standard_error, (base, fraction)
 
 
 @pytest.mark.parametrize("impl", impl_params())
