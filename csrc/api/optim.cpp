@@ -1,8 +1,9 @@
 // optim.cpp — inna_fused::INNA, the torch::optim-style optimizer over the registered op.
 //
-// Layering as in the Python package: step() gathers (param, grad, psi, step) from the param groups
-// and their state, checks every pair of every group, then calls the op inna_fused::fused_inna_
-// once per (device, dtype), through the dispatcher (so the CPU or CUDA kernel is chosen by device).
+// Layering as in the Python package: step() gathers (param, grad, phase, step) from the param
+// groups and their state, checks every pair of every group, then calls the op
+// inna_fused::fused_inna_ once per (device, param dtype, phase dtype), through the dispatcher (so
+// the CPU or CUDA kernel is chosen by device).
 #include "inna_fused/optim.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -28,6 +29,45 @@ std::string to_string(PsiInit psi_init) {
   return psi_init == PsiInit::Paper ? "paper" : "zero";
 }
 
+namespace {
+
+bool is_state_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16;
+}
+
+// The archive spelling of state_dtype: "default" or the dtype's Python name.
+std::string state_dtype_name(std::optional<at::ScalarType> t) {
+  if (!t) return "default";
+  switch (*t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kBFloat16: return "bfloat16";
+    default: return c10::toString(*t);
+  }
+}
+
+std::optional<at::ScalarType> state_dtype_from_name(const std::string& name) {
+  if (name == "default") return std::nullopt;
+  if (name == "float32") return at::kFloat;
+  if (name == "float64") return at::kDouble;
+  TORCH_CHECK_VALUE(name == "bfloat16", "INNA: invalid state_dtype in archive: '", name, "'");
+  return at::kBFloat16;
+}
+
+}  // namespace
+
+at::ScalarType resolve_state_dtype(std::optional<at::ScalarType> state_dtype,
+                                   at::ScalarType param_dtype) {
+  const at::ScalarType natural = param_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  if (!state_dtype) return natural;
+  TORCH_CHECK_VALUE(is_state_dtype(*state_dtype), "INNA: invalid state_dtype: ", *state_dtype,
+                    " (choose float32, float64 or bfloat16)");
+  TORCH_CHECK_VALUE(*state_dtype == at::kBFloat16 || *state_dtype == natural,
+                    "INNA: state_dtype ", *state_dtype, " does not fit a ", param_dtype,
+                    " param (it takes ", natural, " or bfloat16)");
+  return *state_dtype;
+}
+
 // ---- Options -----------------------------------------------------------------------------------
 
 INNAOptions::INNAOptions(double lr) : lr_(lr) {}
@@ -47,6 +87,8 @@ void INNAOptions::validate() const {
                     " (need finite weight_decay >= 0)");
   TORCH_CHECK_VALUE(psi_init() == PsiInit::Paper || psi_init() == PsiInit::Zero,
                     "INNA: invalid psi_init value ", static_cast<int>(psi_init()));
+  TORCH_CHECK_VALUE(!state_dtype() || is_state_dtype(*state_dtype()), "INNA: invalid state_dtype: ",
+                    *state_dtype(), " (choose float32, float64 or bfloat16)");
 }
 
 bool operator==(const INNAOptions& lhs, const INNAOptions& rhs) {
@@ -54,7 +96,8 @@ bool operator==(const INNAOptions& lhs, const INNAOptions& rhs) {
          lhs.decaypower() == rhs.decaypower() && lhs.weight_decay() == rhs.weight_decay() &&
          lhs.psi_init() == rhs.psi_init() &&
          lhs.decoupled_weight_decay() == rhs.decoupled_weight_decay() &&
-         lhs.maximize() == rhs.maximize();
+         lhs.maximize() == rhs.maximize() && lhs.state_dtype() == rhs.state_dtype() &&
+         lhs.stochastic_rounding() == rhs.stochastic_rounding() && lhs.seed() == rhs.seed();
 }
 
 void INNAOptions::serialize(torch::serialize::OutputArchive& archive) const {
@@ -65,7 +108,10 @@ void INNAOptions::serialize(torch::serialize::OutputArchive& archive) const {
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(weight_decay);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(decoupled_weight_decay);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(maximize);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(stochastic_rounding);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(seed);
   archive.write("psi_init", c10::IValue(to_string(psi_init())));  // the Python spelling
+  archive.write("state_dtype", c10::IValue(state_dtype_name(state_dtype())));
 }
 
 void INNAOptions::serialize(torch::serialize::InputArchive& archive) {
@@ -79,6 +125,13 @@ void INNAOptions::serialize(torch::serialize::InputArchive& archive) {
   c10::IValue name;
   archive.read("psi_init", name);
   psi_init(psi_init_from_string(name.toStringRef()));
+  // Absent from archives written before the phase form: keep the defaults.
+  c10::IValue value;
+  state_dtype(archive.try_read("state_dtype", value)
+                  ? state_dtype_from_name(value.toStringRef())
+                  : std::nullopt);
+  stochastic_rounding(archive.try_read("stochastic_rounding", value) ? value.toBool() : true);
+  seed(archive.try_read("seed", value) ? value.toInt() : 0);
 }
 
 double INNAOptions::get_lr() const { return lr(); }
@@ -91,17 +144,20 @@ bool operator==(const INNAParamState& lhs, const INNAParamState& rhs) {
   auto same = [](const torch::Tensor& a, const torch::Tensor& b) {
     return a.defined() == b.defined() && (!a.defined() || torch::equal(a, b));
   };
-  return same(lhs.psi(), rhs.psi()) && same(lhs.step(), rhs.step());
+  return same(lhs.phase(), rhs.phase()) && same(lhs.step(), rhs.step());
 }
 
 void INNAParamState::serialize(torch::serialize::OutputArchive& archive) const {
-  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(psi);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(phase);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(step);
 }
 
 void INNAParamState::serialize(torch::serialize::InputArchive& archive) {
-  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(torch::Tensor, psi);
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(torch::Tensor, phase);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(torch::Tensor, step);
+  // The previous format kept ψ; INNA::load() turns it into the phase (it needs θ, α and β).
+  torch::Tensor psi;
+  if (!phase().defined() && archive.try_read("psi", psi)) legacy_psi(psi);
 }
 
 // ---- The op ------------------------------------------------------------------------------------
@@ -109,8 +165,8 @@ void INNAParamState::serialize(torch::serialize::InputArchive& archive) {
 namespace {
 
 using FusedInnaSignature = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                                double, double, double, double, double, bool, bool, bool,
-                                const std::optional<at::Tensor>&,
+                                double, double, double, double, double, bool, bool, bool, bool,
+                                int64_t, const std::optional<at::Tensor>&,
                                 const std::optional<at::Tensor>&);
 
 const c10::OperatorHandle& fused_inna_op() {
@@ -126,10 +182,6 @@ void check_kernel_for(const at::Device& device) {
               "INNA: this build of inna_fused has no kernel for ", device.type(),
               " tensors (build it with ",
               device.is_cuda() ? "-DINNA_FUSED_WITH_CUDA=ON)" : "the matching backend)");
-}
-
-at::ScalarType psi_dtype_for(at::ScalarType param_dtype) {
-  return param_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 bool is_supported_param_dtype(at::ScalarType t) {
@@ -165,21 +217,36 @@ void check_param_and_grad(const torch::Tensor& p, const torch::Tensor& g, size_t
                     g.sizes(), " but the param has shape ", p.sizes());
 }
 
-// The lists of one (device, dtype) of one param group.
+// The dtype and shape of the phase of param p (complex params: see optim.h).
+std::pair<at::ScalarType, std::vector<int64_t>> phase_layout(const torch::Tensor& p,
+                                                             const INNAOptions& options) {
+  const auto real = p.is_complex() ? c10::toRealValueType(p.scalar_type()) : p.scalar_type();
+  const auto dtype = resolve_state_dtype(options.state_dtype(), real);
+  std::vector<int64_t> shape(p.sizes().begin(), p.sizes().end());
+  if (!p.is_complex()) return {dtype, shape};
+  if (dtype == at::kBFloat16) {
+    shape.push_back(2);
+    return {dtype, shape};
+  }
+  return {c10::toComplexType(dtype), shape};
+}
+
+// The lists of one (device, param dtype, phase dtype) of one param group.
 struct Bucket {
   at::Device device;
-  at::ScalarType dtype;
-  std::vector<at::Tensor> params, psis, grads, steps;
+  at::ScalarType dtype, phase_dtype;
+  std::vector<at::Tensor> params, phases, grads, steps;
 };
 
 }  // namespace
 
-void fused_inna_(at::TensorList params, at::TensorList psis, at::TensorList grads,
+void fused_inna_(at::TensorList params, at::TensorList phases, at::TensorList grads,
                  at::TensorList steps, const INNAOptions& options) {
   static const auto op = fused_inna_op().typed<FusedInnaSignature>();
-  op.call(params, psis, grads, steps, options.lr(), options.alpha(), options.beta(),
+  op.call(params, phases, grads, steps, options.lr(), options.alpha(), options.beta(),
           options.decaypower(), options.weight_decay(), options.decoupled_weight_decay(),
-          options.psi_init() == PsiInit::Paper, options.maximize(), std::nullopt, std::nullopt);
+          options.psi_init() == PsiInit::Paper, options.maximize(), options.stochastic_rounding(),
+          options.seed(), std::nullopt, std::nullopt);
 }
 
 // ---- The optimizer -----------------------------------------------------------------------------
@@ -191,6 +258,38 @@ const INNAOptions& inna_options_of(const torch::optim::OptimizerParamGroup& grou
   const auto* options = dynamic_cast<const INNAOptions*>(&group.options());
   TORCH_CHECK_TYPE(options != nullptr, "INNA: a param group has options of another optimizer");
   return *options;
+}
+
+// state_dtype against every param of a group whose dtype INNA supports (the others are refused
+// by step() with a TypeError); throws c10::ValueError.
+void check_state_dtype(const std::vector<torch::Tensor>& params, const INNAOptions& options) {
+  for (const auto& p : params) {
+    const auto real = p.is_complex() ? c10::toRealValueType(p.scalar_type()) : p.scalar_type();
+    if (is_supported_param_dtype(real)) resolve_state_dtype(options.state_dtype(), real);
+  }
+}
+
+// A fresh phase for p (the first step fills it; its contents are never read before).
+torch::Tensor new_phase(const torch::Tensor& p, const INNAOptions& options) {
+  const auto [dtype, shape] = phase_layout(p, options);
+  if (p.is_complex() && !c10::isComplexType(dtype)) {
+    return torch::empty_like(torch::view_as_real(p), p.options().dtype(dtype),
+                             at::MemoryFormat::Preserve);
+  }
+  return torch::empty_like(p, p.options().dtype(dtype), at::MemoryFormat::Preserve);
+}
+
+// `phase` (any of the layouts p's phase may have) in the layout options give p, on p's device.
+torch::Tensor to_phase_layout(const torch::Tensor& phase, const torch::Tensor& p,
+                              const INNAOptions& options) {
+  const auto [dtype, shape] = phase_layout(p, options);
+  auto out = phase;
+  if (out.device() != p.device()) out = out.to(p.device());
+  if (out.scalar_type() == dtype) return out;
+  const auto real_dtype = c10::isComplexType(dtype) ? c10::toRealValueType(dtype) : dtype;
+  out = real_view(out).to(real_dtype);
+  if (c10::isComplexType(dtype)) out = torch::view_as_complex(out.contiguous());
+  return out;
 }
 
 }  // namespace
@@ -209,6 +308,9 @@ INNA::INNA(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       this->param_groups()[i].set_options(std::make_unique<INNAOptions>(options));
     }
   }
+  for (const auto& group : this->param_groups()) {
+    check_state_dtype(group.params(), inna_options_of(group));
+  }
 }
 
 void INNA::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
@@ -217,6 +319,8 @@ void INNA::add_param_group(const torch::optim::OptimizerParamGroup& param_group)
     options = inna_options_of(param_group);
     options->validate();
   }
+  check_state_dtype(param_group.params(),
+                    options ? *options : static_cast<const INNAOptions&>(defaults()));
   Optimizer::add_param_group(param_group);
   if (options) param_groups().back().set_options(std::make_unique<INNAOptions>(*options));
 }
@@ -233,7 +337,8 @@ torch::Tensor INNA::step(LossClosure closure) {
   }
 
   // Check everything first: options of every group (groups added later by add_param_group or
-  // changed through param_groups() were not seen by the constructor), then every (param, grad).
+  // changed through param_groups() were not seen by the constructor), then every (param, grad)
+  // and the state dtype each param gets.
   std::vector<const INNAOptions*> group_options;
   for (size_t gi = 0; gi < param_groups().size(); ++gi) {
     const auto& group = param_groups()[gi];
@@ -245,45 +350,46 @@ torch::Tensor INNA::step(LossClosure closure) {
       if (!p.grad().defined()) continue;
       check_param_and_grad(p, p.grad(), gi, i);
       check_kernel_for(p.device());
+      phase_layout(p, options);
     }
   }
 
   for (size_t gi = 0; gi < param_groups().size(); ++gi) {
-    std::vector<Bucket> buckets;  // few (device, dtype) pairs: a linear search is enough
+    const auto& options = *group_options[gi];
+    std::vector<Bucket> buckets;  // few (device, dtypes) triples: a linear search is enough
     for (const auto& p : param_groups()[gi].params()) {
       if (!p.grad().defined()) continue;
       auto& slot = state()[p.unsafeGetTensorImpl()];
       if (!slot) {
-        // ψ is filled by the first step in the same pass; its contents are never read before.
-        const auto psi_dtype = p.is_complex()
-            ? c10::toComplexType(psi_dtype_for(c10::toRealValueType(p.scalar_type())))
-            : psi_dtype_for(p.scalar_type());
         auto new_state = std::make_unique<INNAParamState>();
-        new_state->psi(torch::empty_like(p, p.options().dtype(psi_dtype),
-                                         at::MemoryFormat::Preserve));
+        new_state->phase(new_phase(p, options));
         new_state->step(torch::zeros({}, p.options().dtype(torch::kFloat32)));
         slot = std::move(new_state);
       }
       auto& st = static_cast<INNAParamState&>(*slot);
-      // State loaded from an archive may sit on another device than its param.
+      // State loaded from an archive may sit on another device than its param, and a changed
+      // state_dtype converts the phase here.
       if (st.step().device() != p.device()) st.step(st.step().to(p.device()));
-      if (st.psi().device() != p.device()) st.psi(st.psi().to(p.device()));
+      st.phase(to_phase_layout(st.phase(), p, options));
 
       const auto param = real_view(p);
+      const auto phase = real_view(st.phase());
       auto it = std::find_if(buckets.begin(), buckets.end(), [&](const Bucket& b) {
-        return b.device == param.device() && b.dtype == param.scalar_type();
+        return b.device == param.device() && b.dtype == param.scalar_type() &&
+               b.phase_dtype == phase.scalar_type();
       });
       if (it == buckets.end()) {
-        buckets.push_back(Bucket{param.device(), param.scalar_type(), {}, {}, {}, {}});
+        buckets.push_back(
+            Bucket{param.device(), param.scalar_type(), phase.scalar_type(), {}, {}, {}, {}});
         it = std::prev(buckets.end());
       }
       it->params.push_back(param);
-      it->psis.push_back(real_view(st.psi()));
+      it->phases.push_back(phase);
       it->grads.push_back(real_view(p.grad()));
       it->steps.push_back(st.step());
     }
     for (const auto& bucket : buckets) {
-      fused_inna_(bucket.params, bucket.psis, bucket.grads, bucket.steps, *group_options[gi]);
+      fused_inna_(bucket.params, bucket.phases, bucket.grads, bucket.steps, options);
     }
   }
   return loss;
@@ -295,6 +401,26 @@ void INNA::load(torch::serialize::InputArchive& archive) {
   serialize(*this, archive);
   for (const auto& group : param_groups()) {
     static_cast<const INNAOptions&>(group.options()).validate();
+  }
+  // An archive of the previous format holds ψ: w = (α − 1/β)θ + ψ/β, in float64, from the params'
+  // current values (the model must be loaded first), stored in the group's state dtype.
+  torch::NoGradGuard no_grad;
+  for (const auto& group : param_groups()) {
+    const auto& options = static_cast<const INNAOptions&>(group.options());
+    for (const auto& p : group.params()) {
+      auto it = state().find(p.unsafeGetTensorImpl());
+      if (it == state().end()) continue;
+      auto& st = static_cast<INNAParamState&>(*it->second);
+      TORCH_CHECK(st.phase().defined() || st.legacy_psi().defined(),
+                  "INNA: the archive holds a parameter state with neither phase nor psi");
+      if (!st.legacy_psi().defined()) continue;
+      const auto wide = p.is_complex() ? torch::kComplexDouble : torch::kDouble;
+      const auto theta = p.detach().to(p.device(), wide);
+      const auto psi = st.legacy_psi().to(p.device(), wide);
+      const double a = options.alpha(), b = options.beta();
+      st.phase(to_phase_layout(theta * (a - 1.0 / b) + psi / b, p, options));
+      st.legacy_psi(torch::Tensor());
+    }
   }
 }
 

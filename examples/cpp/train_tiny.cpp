@@ -24,6 +24,8 @@ int main() {
 
   auto model = std::make_shared<TinyMLP>();
   // The authors' defaults (α, β) = (0.5, 0.1), a constant step, the paper's ψ initialisation.
+  // The state per parameter is the phase (float32 here); .state_dtype(torch::kBFloat16) stores it
+  // in 2 bytes per element, and bfloat16 params train with the default stochastic rounding.
   inna_fused::INNA optimizer(model->parameters(),
                              inna_fused::INNAOptions(0.1).alpha(0.5).beta(0.1).psi_init("paper"));
   std::printf("inna_fused CPU kernel: %s\n", inna_fused::cpu_simd_level().c_str());

@@ -16,17 +16,17 @@ int main() {
     return 1;
   }
   using Signature = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double,
-                         double, double, double, double, bool, bool, bool,
+                         double, double, double, double, bool, bool, bool, bool, int64_t,
                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
   auto op = handle->typed<Signature>();
   const double lr = 0.25;
   auto theta = at::linspace(-1.0, 1.0, 11, at::kDouble);
   auto grad = at::linspace(2.0, -3.0, 11, at::kDouble);
   const auto expected = theta - lr * grad;
-  auto psi = at::zeros_like(theta);
+  auto phase = at::zeros_like(theta);
   auto step = at::zeros({}, at::kFloat);
-  op.call({theta}, {psi}, {grad}, {step}, lr, 0.5, 0.1, 0.0, 0.0, false, /*paper_init=*/true,
-          false, std::nullopt, std::nullopt);
+  op.call({theta}, {phase}, {grad}, {step}, lr, 0.5, 0.1, 0.0, 0.0, false, /*paper_init=*/true,
+          false, /*stochastic_rounding=*/true, /*seed=*/0, std::nullopt, std::nullopt);
   const bool sgd_step = at::allclose(theta, expected, 1e-12, 1e-12) && step.item<double>() == 1.0;
   std::printf("PASS registration_kept\n%s first_step_is_sgd\n", sgd_step ? "PASS" : "FAIL");
   std::printf("%d passed, %d failed\n", sgd_step ? 2 : 1, sgd_step ? 0 : 1);

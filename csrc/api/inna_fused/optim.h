@@ -5,34 +5,51 @@
 //                              inna_fused::INNAOptions(0.1).alpha(0.5).beta(0.1));
 //   optimizer.zero_grad(); loss.backward(); optimizer.step();
 //
-// For each parameter θ with gradient v and buffer ψ, one step is eq. (12) of Castera, Bolte,
-// Févotte, Pauwels (JMLR 2021), with γ_k = lr / (k+1)^decaypower and k the steps θ has taken:
-//   φ_k     = (α − 1/β) θ_k + ψ_k / β
-//   ψ_{k+1} = ψ_k − γ_k φ_k
-//   θ_{k+1} = θ_k − γ_k (φ_k + β v_k)
-// ψ is initialised on the first step: psi_init "paper": ψ₀ = (1 − αβ)θ₀ − (β² − β)v₀; "zero":
-// ψ₀ = (1 − αβ)θ₀ (the authors' code). Weight decay is coupled (θ's step gets + wd·θ) unless
-// decoupled_weight_decay (θ ← θ(1 − γ_k·wd) before the update).
+// INNA is eq. (12) of Castera, Bolte, Févotte, Pauwels (JMLR 2021), with γ_k = lr / (k+1)^decaypower
+// and k the steps θ has taken. The state kept per parameter is not the paper's ψ but the phase
+//     w = (α − 1/β)·θ + ψ/β
+// (the "φ" of eq. (12): the direction θ moves in, less β times the gradient). In w, eq. (12) reads,
+// for a parameter θ with gradient v,
+//     θ_{k+1} = θ_k − γ_k (w_k + β v_k)
+//     w_{k+1} = (1 − α γ_k) w_k + (1 − αβ) γ_k v_k
+// exactly (both from the OLD θ_k, w_k). Unlike ψ, w is gradient-sized and computed without the
+// cancellation of two ~θ/β terms, so it can be stored in bfloat16 (state_dtype) and θ's own
+// rounding never leaks into it. w is initialised on the first step: psi_init "paper":
+// w₀ = (1 − β)v₀ (ψ₀ = (1 − αβ)θ₀ − (β² − β)v₀: the first step is one SGD step); "zero": w₀ = 0
+// (ψ₀ = (1 − αβ)θ₀, the authors' code). Weight decay is coupled (θ's step gets + wd·θ and w's
+// gradient term becomes v + wd·θ/β) unless decoupled_weight_decay (θ ← θ(1 − γ_k·wd) before the
+// update, and w ← w + (1 − αβ)γ_k·wd·θ/β after the first step). csrc/inna_math.h is the reference.
 //
-// Semantics and state match the Python class inna_fused.INNA: per parameter `psi` (float32 for
-// 16-bit params, the param's dtype otherwise; complex params are updated as real views) and
-// `step` (a float32 0-d tensor on the param's device). step() calls the registered op
-// inna_fused::fused_inna_ once per (device, dtype) of each param group.
+// 16-bit stores (θ of float16/bfloat16 params, a bfloat16 phase) round stochastically by default
+// (stochastic_rounding), with random bits that are a hash of (seed, k, numel, element index): the
+// same on every run, thread count and device; stochastic_rounding(false) rounds to nearest.
+//
+// State per parameter (INNAParamState): `phase` (w; dtype: state_dtype, by default float32 for
+// 16/32-bit params and float64 for float64 params; complex params are updated as real views, their
+// phase is complex of that dtype, or with state_dtype bfloat16 a real bfloat16 tensor of shape
+// (..., 2)) and `step` (a float32 0-d tensor on the param's device). step() calls the registered
+// op inna_fused::fused_inna_ once per (device, param dtype, phase dtype) of each param group.
+//
+// Archives: options and state go through torch::save / torch::load. Archives written before the
+// phase form (state `psi`, options without state_dtype / stochastic_rounding / seed) still load:
+// missing options take their defaults and ψ is converted at load to w = (α − 1/β)θ + ψ/β in
+// float64 from the params' current values, so load the model's params before the optimizer.
 #pragma once
 
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
 #include <torch/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace inna_fused {
 
-// How ψ is initialised on a parameter's first step.
+// How the state is initialised on a parameter's first step (named after the paper's ψ).
 enum class PsiInit {
-  Paper,  // ψ₀ = (1 − αβ)θ₀ − (β² − β)v₀: the first step is one SGD step
-  Zero,   // ψ₀ = (1 − αβ)θ₀: the authors' PyTorch code
+  Paper,  // ψ₀ = (1 − αβ)θ₀ − (β² − β)v₀, i.e. w₀ = (1 − β)v₀: the first step is one SGD step
+  Zero,   // ψ₀ = (1 − αβ)θ₀, i.e. w₀ = 0: the authors' PyTorch code
 };
 
 // "paper" / "zero" (the Python spelling); throws c10::ValueError for any other name.
@@ -49,6 +66,16 @@ struct INNAOptions : public torch::optim::OptimizerCloneableOptions<INNAOptions>
   TORCH_ARG(PsiInit, psi_init) = PsiInit::Paper;
   TORCH_ARG(bool, decoupled_weight_decay) = false;
   TORCH_ARG(bool, maximize) = false;
+  // dtype of the phase state; std::nullopt (the default): float32 for float16/bfloat16/float32
+  // params, float64 for float64 params. bfloat16 is accepted for every param dtype, float32 for
+  // 16/32-bit params, float64 for float64 params only; validate() rejects every other dtype and
+  // the optimizer rejects a (param dtype, state_dtype) pair outside these rules.
+  TORCH_ARG(std::optional<at::ScalarType>, state_dtype) = std::nullopt;
+  // 16-bit stores (θ of float16/bfloat16 params, a bfloat16 phase) round stochastically; false:
+  // round to nearest.
+  TORCH_ARG(bool, stochastic_rounding) = true;
+  // Seed of the rounding's counter-based random bits.
+  TORCH_ARG(int64_t, seed) = 0;
 
  public:
   INNAOptions& psi_init(const std::string& name) { return psi_init(psi_init_from_string(name)); }
@@ -64,9 +91,17 @@ struct INNAOptions : public torch::optim::OptimizerCloneableOptions<INNAOptions>
   void set_lr(const double lr) override;
 };
 
+// The state dtype a parameter of dtype `param_dtype` gets under `state_dtype` (for complex params:
+// of their real dtype); throws c10::ValueError for a pair the rules above do not allow.
+at::ScalarType resolve_state_dtype(std::optional<at::ScalarType> state_dtype,
+                                   at::ScalarType param_dtype);
+
 struct INNAParamState : public torch::optim::OptimizerCloneableParamState<INNAParamState> {
-  TORCH_ARG(torch::Tensor, psi);
-  TORCH_ARG(torch::Tensor, step);  // float32 0-d tensor: k, the steps this parameter has taken
+  TORCH_ARG(torch::Tensor, phase);  // w = (α − 1/β)θ + ψ/β, of the param's shape (see above)
+  TORCH_ARG(torch::Tensor, step);   // float32 0-d tensor: k, the steps this parameter has taken
+  // ψ read from an archive of the previous format; INNA::load() converts it into `phase` and
+  // clears it. Never serialized.
+  TORCH_ARG(torch::Tensor, legacy_psi);
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -100,10 +135,12 @@ class INNA : public torch::optim::Optimizer {
   }
 };
 
-// The registered op, typed: one in-place step on equal-length lists of one device and one param
-// dtype (psis in psi dtype, steps 1-element float tensors). The op validates everything before
-// writing. This is what INNA::step() calls per (device, dtype) group.
-void fused_inna_(at::TensorList params, at::TensorList psis, at::TensorList grads,
+// The registered op, typed: one in-place step on equal-length lists of one device, one param dtype
+// and one phase dtype (phases float32 — float64 for float64 params — or bfloat16; steps 1-element
+// float tensors). The op validates everything before writing. This is what INNA::step() calls per
+// (device, param dtype, phase dtype) of a group; options.state_dtype() is not consulted here (the
+// phases' dtype is).
+void fused_inna_(at::TensorList params, at::TensorList phases, at::TensorList grads,
                  at::TensorList steps, const INNAOptions& options);
 
 // SIMD level the CPU kernel was compiled for, e.g. "AVX2+FMA+F16C".
