@@ -182,6 +182,10 @@ class INNA(Optimizer):
                 # param's device by the first fused step).
                 if st and "step" in st and not torch.is_tensor(st["step"]):
                     st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
+                # An optimizer pickled by an earlier version keeps the paper's ψ.
+                if st and "psi" in st and "phase" not in st and torch.is_tensor(st["psi"]):
+                    st["phase"] = psi_to_phase(p, st.pop("psi"), group["alpha"], group["beta"],
+                                               dtype=phase_dtype_for(p, group["state_dtype"]))
 
     def _implementation(self, group: dict[str, Any]) -> str:
         fused, foreach = group["fused"], group["foreach"]

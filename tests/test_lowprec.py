@@ -9,6 +9,7 @@
   bfloat16 params train as well as float32 ones.
 """
 import io
+import pickle
 
 import pytest
 import torch
@@ -378,6 +379,27 @@ def test_psi_state_dict_round_trip(dtype):
         tol = 4 * torch.finfo(dtype).eps * (p.detach().abs().max().item() + 1) / 0.3
         torch.testing.assert_close(fresh.state[p]["phase"], opt.state[p]["phase"], rtol=0,
                                    atol=tol)
+
+
+def test_optimizer_pickled_with_psi_state_steps_like_the_oracle():
+    """An INNA object pickled by an earlier version holds ψ; unpickling converts it."""
+    theta = torch.randn(20, dtype=torch.float64)
+    psi = torch.empty_like(theta)
+    p = torch.nn.Parameter(theta.clone())
+    opt = INNA([p], lr=0.05, fused=False, foreach=False)
+    grad = torch.randn(20, dtype=torch.float64)
+    inna_reference_(theta, psi, grad, 0, lr=0.05, alpha=0.5, beta=0.1)
+    with torch.no_grad():
+        p.copy_(theta)
+    opt.state[p] = {"psi": psi.clone(), "step": 1}  # the earlier version's state
+    restored = pickle.loads(pickle.dumps(opt))
+    restored_p = restored.param_groups[0]["params"][0]
+    restored_p.grad = grad
+    restored.step()
+    inna_reference_(theta, psi, grad, 1, lr=0.05, alpha=0.5, beta=0.1)
+    torch.testing.assert_close(restored_p.detach(), theta, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(phase_to_psi(restored_p, restored.state[restored_p]["phase"],
+                                            0.5, 0.1), psi, rtol=1e-12, atol=1e-12)
 
 
 def test_conversions_invert_each_other_in_float64():
