@@ -264,7 +264,9 @@ class INNA(Optimizer):
                 state = self.state[p]
                 dtype = phase_dtype_for(p, group["state_dtype"])
                 if key == "psi":
-                    del state["psi"]
+                    # __setstate__ (called by torch's load_state_dict) converted the ψ that torch
+                    # had cast to the param's dtype; convert the saved one instead.
+                    state.pop("psi", None)
                     state["phase"] = psi_to_phase(p, value.to(p.device), group["alpha"],
                                                   group["beta"], dtype=dtype)
                 else:
