@@ -53,7 +53,8 @@ _SEED_RANGE = (-(2 ** 63), 2 ** 63)
 
 
 def default_phase_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the phase (and of the arithmetic) for a param dtype: float32, float64 for float64."""
+    """Dtype of the phase (and of the arithmetic) for a param dtype: float32, float64 for
+    float64 params."""
     return psi_dtype(param_dtype)
 
 
@@ -134,7 +135,8 @@ def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], phases: Seq
             raise ValueError(f"INNA: grads[{i}] has shape {tuple(g.shape)} but its param has "
                              f"shape {tuple(p.shape)}")
         if phase.layout != torch.strided:
-            raise TypeError(f"INNA: phases[{i}] has layout {phase.layout}; the phase must be strided")
+            raise TypeError(f"INNA: phases[{i}] has layout {phase.layout}; the phase must be "
+                            "strided")
         allowed = _allowed_phase_dtypes(p.dtype)
         if phase.dtype not in allowed:
             raise TypeError(f"INNA: phases[{i}] has dtype {phase.dtype} but a {p.dtype} param needs "
@@ -390,7 +392,8 @@ def _loop_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, we
 def _foreach_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,
                   decoupled_weight_decay, psi_init, maximize, stochastic_rounding, seed,
                   grad_scale, found_inf):
-    """The phase-form update with torch._foreach_* ops over one (device, dtype, phase dtype) group."""
+    """The phase-form update with torch._foreach_* ops over one (device, param dtype, phase
+    dtype) group."""
     lr, grad_factor, skip = _host_scalars(lr, grad_scale, found_inf, maximize)
     if skip or not params:
         return
@@ -413,7 +416,8 @@ def _foreach_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power,
     if first:
         first_phases = [w[i] for i in first]
         if psi_init == "paper":
-            torch._foreach_copy_(first_phases, torch._foreach_mul([v[i] for i in first], 1.0 - beta))
+            initial = torch._foreach_mul([v[i] for i in first], 1.0 - beta)
+            torch._foreach_copy_(first_phases, initial)
         else:
             torch._foreach_zero_(first_phases)
     theta_step = torch._foreach_add(w, v, alpha=beta)

@@ -277,7 +277,8 @@ class INNA(Optimizer):
     def psi_state_dict(self) -> dict[str, Any]:
         """`state_dict()` with each param's phase w replaced by the paper's ψ = β·w − (αβ − 1)·θ
         (computed in float64, stored as float32, float64 for float64 params): the format of the
-        authors' optimizer and of this package's earlier versions. `load_state_dict` reads it back."""
+        authors' optimizer and of this package's earlier versions. `load_state_dict` reads it
+        back."""
         state_dict = self.state_dict()
         index = 0
         for group in self.param_groups:
@@ -321,7 +322,8 @@ class INNA(Optimizer):
             where = f"INNA.load_state_dict: state of param {key} (shape {tuple(p.shape)})"
             state_key = "phase" if "phase" in st else "psi"
             if state_key not in st or "step" not in st:
-                raise ValueError(f"{where} lacks {'phase (or psi)' if state_key not in st else 'step'}")
+                missing = "phase (or psi)" if state_key not in st else "step"
+                raise ValueError(f"{where} lacks {missing}")
             value, step = st[state_key], st["step"]
             if not torch.is_tensor(value) or value.shape != p.shape:
                 got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__

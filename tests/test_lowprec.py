@@ -128,7 +128,8 @@ def test_tiny_updates_move_bf16_params_on_average_only_with_stochastic_rounding(
     expected = 1 - p.grad.double()[0].item()
     ulp = 2.0**-8  # just below 1 the bf16 spacing is 2^-8
     p_down = (1 - expected) / ulp
-    assert abs(results[True].mean().item() - expected) < 5 * ulp * (p_down * (1 - p_down) / n) ** 0.5
+    standard_error = ulp * (p_down * (1 - p_down) / n) ** 0.5
+    assert abs(results[True].mean().item() - expected) < 5 * standard_error
 
 
 # ------------------------------------------------------------------------------------------------

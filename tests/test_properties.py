@@ -77,7 +77,8 @@ def test_matches_reference_on_random_lists_layouts_and_hyperparameters(impl, ent
     bound_hyper = {key: hyper[key] for key in ("lr", "alpha", "beta", "decay_power",
                                                "weight_decay", "psi_init")}
     for i, ((p, g, phase, k), (p0, g0, phase0, _)) in enumerate(zip(views, copies)):
-        theta_bound, phase_bound = error_bounds(p0, g0, phase0, k, **bound_hyper, grad_factor=factor)
+        theta_bound, phase_bound = error_bounds(p0, g0, phase0, k, **bound_hyper,
+                                                grad_factor=factor)
         if hyper["decoupled_weight_decay"]:
             theta_bound = theta_bound * 2
         what = f"entry {i} {tuple(p.view.shape)} {p.view.dtype} {impl}"

@@ -325,12 +325,14 @@ CLASS_BAD_STATES = {
     "grad-sparse": (lambda o, P: setattr(P[BAD], "grad", P[BAD].grad.to_sparse()), TypeError),
     "grad-aliases-its-param": (lambda o, P: setattr(P[BAD], "grad", P[BAD].detach()), ValueError),
     "phase-shape": (lambda o, P: _state(o, P, BAD).update(phase=torch.zeros(11)), ValueError),
-    "phase-dtype": (lambda o, P: _state(o, P, BAD).update(phase=torch.zeros(12, dtype=torch.float64)),
-                  TypeError),
+    "phase-dtype": (lambda o, P: _state(o, P, BAD).update(
+        phase=torch.zeros(12, dtype=torch.float64)), TypeError),
+    "phase-float16": (lambda o, P: _state(o, P, BAD).update(
+        phase=torch.zeros(12, dtype=torch.float16)), TypeError),
     "phase-device": (lambda o, P: _state(o, P, BAD).update(phase=torch.empty(12, device="meta")),
-                   ValueError),
+                     ValueError),
     "phase-aliases-its-param": (lambda o, P: _state(o, P, BAD).update(phase=P[BAD].detach()),
-                              ValueError),
+                                ValueError),
     "phase-aliases-other-phase": (lambda o, P: _state(o, P, BAD).update(
         phase=_state(o, P, BAD + 1)["phase"]), ValueError),
     "step-shared": (lambda o, P: _state(o, P, BAD).update(step=_state(o, P, BAD + 1)["step"]),
@@ -629,6 +631,7 @@ def test_resumed_training_is_bitwise_identical(impl, dtype, stop):
         assert torch.equal(a.detach(), b.detach()), f"param {i} differs after resuming at {stop}"
         if b.numel() or straight_opt.state[b]:
             sa, sb = resumed_opt.state[a], straight_opt.state[b]
-            assert torch.equal(sa["phase"], sb["phase"]), f"phase {i} differs after resuming at {stop}"
+            assert torch.equal(sa["phase"], sb["phase"]), (
+                f"phase {i} differs after resuming at {stop}")
             assert sa["phase"].dtype == psi_dtype(dtype)
             assert float(sa["step"]) == float(sb["step"]) == total
