@@ -154,7 +154,8 @@ def exact_run(impl, dtype, state_dtype, hyper, seed=5, steps=4, stochastic_round
     gen = torch.Generator().manual_seed(0)
     params = [dyadic((37, 5), gen, dtype, 32), dyadic((3, 130), gen, dtype, 32),
               dyadic((6, 4), gen, dtype, 32).t(), dyadic((8, 3), gen, dtype, 32).t()]
-    phases = [torch.empty(p.shape, dtype=state_dtype or psi_dtype(dtype)) for p in params]
+    # empty_like keeps a transposed param's strides: the phase is walked with its param
+    phases = [torch.empty_like(p, dtype=state_dtype or psi_dtype(dtype)) for p in params]
     steps_t = [torch.zeros(()) for _ in params]
     for _ in range(steps):
         grads = [dyadic(p.shape, gen, dtype, 16) for p in params]
@@ -179,6 +180,43 @@ def test_python_rounding_bits_equal_the_kernels(dtype, state_dtype, case):
     reseeded = exact_run("fused", dtype, state_dtype, EXACT_HYPER[case], seed=6)
     assert not all(torch.equal(a, b) for a, b in zip(fused[0], nearest[0]))
     assert not all(torch.equal(a, b) for a, b in zip(fused[0], reseeded[0]))
+
+
+@requires_cpu_kernel
+def test_one_call_with_several_param_and_phase_dtypes_groups_them():
+    """Grouping by (device, param dtype, phase dtype): each group gets the result it would get
+    alone, on every implementation."""
+    def lists():
+        gen = torch.Generator().manual_seed(4)
+        dtypes = [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                  (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+                  (torch.float64, torch.bfloat16), (torch.float64, torch.float64)]
+        params = [dyadic((40,), gen, d, 32) for d, _ in dtypes]
+        phases = [torch.empty(40, dtype=s) for _, s in dtypes]
+        return params, phases, [dyadic((40,), gen, d, 16) for d, _ in dtypes]
+
+    hyper = dict(lr=2.0**-4, alpha=0.5, beta=2.0**-2, seed=3)
+    for impl in ("fused", "foreach", "loop"):
+        params, phases, grads = lists()
+        inna(params, grads, phases, [torch.zeros(()) for _ in params], impl=impl, **hyper)
+        alone_params, alone_phases, alone_grads = lists()
+        for p, s, g in zip(alone_params, alone_phases, alone_grads):
+            inna([p], [g], [s], [torch.zeros(())], impl="fused", **hyper)
+        for i in range(len(params)):
+            assert torch.equal(params[i], alone_params[i]), f"{impl}: param {i}"
+            assert torch.equal(phases[i], alone_phases[i]), f"{impl}: phase {i}"
+
+
+@pytest.mark.parametrize("impl", impl_params())
+def test_param_groups_may_have_different_state_dtypes(impl):
+    a = torch.randn(10, requires_grad=True)
+    b = torch.randn(10, requires_grad=True)
+    opt = INNA([{"params": [a]}, {"params": [b], "state_dtype": torch.bfloat16}], lr=0.1,
+               **impl_kwargs(impl))
+    a.grad, b.grad = torch.ones(10), torch.ones(10)
+    opt.step()
+    assert opt.state[a]["phase"].dtype == torch.float32
+    assert opt.state[b]["phase"].dtype == torch.bfloat16
 
 
 @requires_cpu_kernel
