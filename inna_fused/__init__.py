@@ -4,13 +4,15 @@
     opt = INNA(model.parameters(), lr=0.1, alpha=0.5, beta=0.1)
 
 Modules: `optimizer` (the INNA class), `functional` (the list-level step and its implementations),
-`reference` (eq. (12) in plain torch, the oracle), `_ops` (the compiled op and its fake impl).
+`reference` (eq. (12) in plain torch, the oracle), `conversions` (ψ ↔ phase), `rounding` (the
+deterministic stochastic rounding), `_ops` (the compiled op and its fake impl).
 """
-from . import functional, reference
+from . import conversions, functional, reference, rounding
 from ._ops import build_info, kernel_available, load_error
+from .conversions import phase_to_psi, psi_to_phase
 from .functional import inna
 from .optimizer import INNA
 
 __version__ = "0.1.0"
-__all__ = ["INNA", "inna", "functional", "reference", "kernel_available", "load_error",
-           "build_info", "__version__"]
+__all__ = ["INNA", "inna", "functional", "reference", "conversions", "rounding", "psi_to_phase",
+           "phase_to_psi", "kernel_available", "load_error", "build_info", "__version__"]

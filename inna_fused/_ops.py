@@ -66,19 +66,19 @@ def build_info() -> dict:
     }
 
 
-def _fake_fused_inna(params, psis, grads, steps, *, lr, alpha, beta, decay_power, weight_decay,
-                     decoupled_weight_decay, paper_init, maximize, grad_scale=None,
-                     found_inf=None):
+def _fake_fused_inna(params, phases, grads, steps, *, lr, alpha, beta, decay_power, weight_decay,
+                     decoupled_weight_decay, paper_init, maximize, stochastic_rounding=True,
+                     seed=0, grad_scale=None, found_inf=None):
     # Shape- and device-level checks only; the real op validates values and memory. The device
     # check also stops a list that mixes real tensors with a stray meta tensor: dispatch sends such
     # a call here, and returning would silently skip the step.
     n = len(params)
-    torch._check(len(psis) == n and len(grads) == n and len(steps) == n,
+    torch._check(len(phases) == n and len(grads) == n and len(steps) == n,
                  lambda: "inna_fused::fused_inna_: lists must have equal lengths")
     if n == 0:
         return None
     device = params[0].device
-    lists = {"params": params, "psis": psis, "grads": grads, "steps": steps}
+    lists = {"params": params, "phases": phases, "grads": grads, "steps": steps}
     for list_name, tensors in lists.items():
         for i, t in enumerate(tensors):
             torch._check_value(
@@ -95,8 +95,8 @@ def _fake_fused_inna(params, psis, grads, steps, *, lr, alpha, beta, decay_power
     for i in range(n):
         torch._check(grads[i].shape == params[i].shape,
                      lambda: f"inna_fused::fused_inna_: grads[{i}] shape differs from params[{i}]")
-        torch._check(psis[i].shape == params[i].shape,
-                     lambda: f"inna_fused::fused_inna_: psis[{i}] shape differs from params[{i}]")
+        torch._check(phases[i].shape == params[i].shape,
+                     lambda: f"inna_fused::fused_inna_: phases[{i}] shape differs from params[{i}]")
     return None
 
 

@@ -1,15 +1,35 @@
-"""Functional INNA: `inna(...)` updates lists of params and their ψ and step tensors in place.
+"""Functional INNA: `inna(...)` updates lists of params and their phase and step tensors in place.
+
+The state is the phase w = (α − 1/β)·θ + ψ/β (ψ is the paper's auxiliary variable; see
+`inna_fused.conversions`). Eq. (12) of the paper is then exactly, with v the gradient and
+γ_k = lr / (k + 1)^decay_power,
+
+    θ_{k+1} = θ_k − γ_k (w_k + β v_k)
+    w_{k+1} = (1 − α γ_k) w_k + (1 − αβ) γ_k v_k
+
+(coupled weight decay adds wd·θ_k to θ's step and wd·θ_k/β to w's gradient term; decoupled weight
+decay adds (1 − αβ)γ_k·wd·θ_k/β to w, except on the first step, then scales θ by 1 − γ_k·wd). On
+the first step w₀ = (1 − β)v₀ (psi_init="paper") or 0 ("zero"); the old contents are never read.
+w is gradient-sized (nothing cancels), so it may be stored in bfloat16. Stores to float16/bfloat16
+params and bfloat16 phases round stochastically (unbiased) when `stochastic_rounding`, with the
+deterministic bits of `inna_fused.rounding`.
 
 Layering (as in torch.optim): the `INNA` class gathers lists from its param groups and state and
-calls `inna()`; `inna()` validates everything, groups tensors by (device, dtype) and runs one of
-three implementations on each group:
+calls `inna()`; `inna()` validates everything, groups tensors by (device, param dtype, phase dtype)
+and runs one of three implementations on each group:
 
-- "fused":     the compiled multi-tensor kernel (csrc/), one call per group;
-- "foreach":   torch._foreach_* ops (a few passes over memory, temporaries per step);
-- "reference": a Python loop over `reference.inna_reference_` (eq. (12), one tensor at a time).
+- "fused":   the compiled multi-tensor kernel (csrc/), one call per group;
+- "foreach": torch._foreach_* ops (a few passes over memory, temporaries per step);
+- "loop":    a Python loop over params, one tensor at a time (what INNA users ran before).
+  "reference" is accepted as another name for "loop" (the name older versions used). The paper's
+  literal eq. (12) in ψ lives in `inna_fused.reference`, the oracle of the tests.
+
+All three compute the same coefficients in the same precision (float32 for 16- and 32-bit params,
+float64 for float64 params) and draw the same rounding bits; they agree bit for bit wherever the
+arithmetic is exact and otherwise to rounding (the kernels contract multiply-adds).
 
 Validation happens for every tensor of every group before the first write: a bad input anywhere
-raises and leaves all params, ψ and steps untouched.
+raises and leaves all params, phases and steps untouched.
 """
 from __future__ import annotations
 
@@ -22,10 +42,20 @@ import torch
 from torch import Tensor
 
 from . import _ops
-from .reference import PSI_INITS, inna_reference_, psi_dtype, step_size
+from .reference import PSI_INITS, psi_dtype, step_size
+from .rounding import (element_indices, phase_bits, random_bits, round_stochastic, rounding_key,
+                       theta_bits)
 
-IMPLS = ("fused", "foreach", "reference")
+IMPLS = ("fused", "foreach", "loop", "reference")
 _PARAM_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+_SEED_RANGE = (-(2 ** 63), 2 ** 63)
+
+
+def default_phase_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the phase (and of the arithmetic) for a param dtype: float32, float64 for
+    float64 params."""
+    return psi_dtype(param_dtype)
 
 
 def check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init) -> None:
@@ -53,6 +83,15 @@ def check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init) 
         raise ValueError(f"Invalid psi_init: {psi_init!r} (choose one of {PSI_INITS})")
 
 
+def check_rounding(stochastic_rounding, seed) -> None:
+    """Raise naming `stochastic_rounding` or `seed` when it is not a bool / a 64-bit integer."""
+    if not isinstance(stochastic_rounding, bool):
+        raise TypeError(f"Invalid stochastic_rounding: {stochastic_rounding!r} (need a bool)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (
+            _SEED_RANGE[0] <= seed < _SEED_RANGE[1]):
+        raise ValueError(f"Invalid seed: {seed!r} (need an int in [-2**63, 2**63))")
+
+
 def _span(t: Tensor) -> tuple[int, int]:
     last = sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
     return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
@@ -63,7 +102,7 @@ def _overlaps_itself(t: Tensor) -> bool:
     return any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride()))
 
 
-def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], psis: Sequence[Tensor],
+def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], phases: Sequence[Tensor],
                   steps: Sequence[Tensor], *, fused: bool = False) -> None:
     """Check every tensor of a call (the compiled op repeats these checks in C++).
 
@@ -71,13 +110,13 @@ def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], psis: Seque
     reads them on the device).
     """
     n = len(params)
-    if not (len(grads) == len(psis) == len(steps) == n):
+    if not (len(grads) == len(phases) == len(steps) == n):
         raise ValueError(f"INNA: lists must have equal lengths, got params={n} grads={len(grads)} "
-                         f"psis={len(psis)} steps={len(steps)}")
+                         f"phases={len(phases)} steps={len(steps)}")
     compiling = torch.compiler.is_compiling()
     written, read = [], []
-    for i, (p, g, psi, step) in enumerate(zip(params, grads, psis, steps)):
-        for list_name, t in (("params", p), ("grads", g), ("psis", psi), ("steps", step)):
+    for i, (p, g, phase, step) in enumerate(zip(params, grads, phases, steps)):
+        for list_name, t in (("params", p), ("grads", g), ("phases", phase), ("steps", step)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"INNA: {list_name}[{i}] is {type(t).__name__}, not a Tensor")
         if p.dtype not in _PARAM_DTYPES:
@@ -95,13 +134,15 @@ def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], psis: Seque
         if g.shape != p.shape:
             raise ValueError(f"INNA: grads[{i}] has shape {tuple(g.shape)} but its param has "
                              f"shape {tuple(p.shape)}")
-        if psi.layout != torch.strided:
-            raise TypeError(f"INNA: psis[{i}] has layout {psi.layout}; psi must be strided")
-        if psi.dtype != psi_dtype(p.dtype):
-            raise TypeError(f"INNA: psis[{i}] has dtype {psi.dtype} but a {p.dtype} param needs "
-                            f"a {psi_dtype(p.dtype)} psi")
-        if psi.device != p.device or psi.shape != p.shape:
-            raise ValueError(f"INNA: psis[{i}] ({tuple(psi.shape)} on {psi.device}) does not "
+        if phase.layout != torch.strided:
+            raise TypeError(f"INNA: phases[{i}] has layout {phase.layout}; the phase must be "
+                            "strided")
+        allowed = _allowed_phase_dtypes(p.dtype)
+        if phase.dtype not in allowed:
+            raise TypeError(f"INNA: phases[{i}] has dtype {phase.dtype} but a {p.dtype} param needs "
+                            f"a {' or '.join(str(d) for d in allowed)} phase")
+        if phase.device != p.device or phase.shape != p.shape:
+            raise ValueError(f"INNA: phases[{i}] ({tuple(phase.shape)} on {phase.device}) does not "
                              f"match its param ({tuple(p.shape)} on {p.device})")
         # float16/bfloat16 counts stop growing at 2048/256 steps, so only float32/float64 count.
         if step.numel() != 1 or step.dtype not in (torch.float32, torch.float64):
@@ -114,21 +155,25 @@ def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], psis: Seque
         if compiling:
             continue
         if p.numel() > 0:
-            for list_name, t in (("params", p), ("psis", psi)):
+            for list_name, t in (("params", p), ("phases", phase)):
                 if _overlaps_itself(t):
                     raise ValueError(f"INNA: {list_name}[{i}] has internally overlapping memory "
                                      "(e.g. expand()); the step would write one element twice")
-            written += [(*_span(p), f"params[{i}]"), (*_span(psi), f"psis[{i}]")]
+            written += [(*_span(p), f"params[{i}]"), (*_span(phase), f"phases[{i}]")]
             read.append((*_span(g), f"grads[{i}]"))
         written.append((*_span(step), f"steps[{i}]"))
     _check_no_overlap(written, read)
+
+
+def _allowed_phase_dtypes(param_dtype: torch.dtype) -> tuple:
+    return (default_phase_dtype(param_dtype), torch.bfloat16)
 
 
 def _check_no_overlap(written, read) -> None:
     written.sort()
     for (lo0, hi0, a), (lo1, hi1, b) in zip(written, written[1:]):
         if lo1 < hi0:
-            raise ValueError(f"INNA: {a} and {b} overlap in memory; every param, psi and step "
+            raise ValueError(f"INNA: {a} and {b} overlap in memory; every param, phase and step "
                              "must own its memory")
     starts = [w[0] for w in written]
     for lo, hi, who in read:
@@ -148,7 +193,7 @@ def _real_views(tensors: Sequence[Tensor]) -> Sequence[Tensor]:
 def _local_tensors(tensors: Sequence[Tensor]) -> Sequence[Tensor]:
     """DTensors (FSDP2's fully_shard, tensor parallelism) as their local shards.
 
-    INNA is element-wise, so each rank updates the shard it holds: a param, its grad and its ψ
+    INNA is element-wise, so each rank updates the shard it holds: a param, its grad and its phase
     (created by empty_like of the param) share one placement, hence one local shape. The local
     tensor shares memory with the DTensor, so in-place updates land in it.
     """
@@ -159,32 +204,28 @@ def _local_tensors(tensors: Sequence[Tensor]) -> Sequence[Tensor]:
     return [t.to_local() if isinstance(t, dtensor_module.DTensor) else t for t in tensors]
 
 
-def _group_by_device_and_dtype(lists: list[list[Tensor]]) -> dict:
-    """{(device, dtype): (lists of that group, indices)}, like torch.optim's helper. Under
-    torch.compile that helper returns one ungrouped (None, None) entry (it leaves grouping to
-    inductor), but the fused op needs one device and dtype per call: group here, in traceable
-    Python (device and dtype are static while tracing)."""
+def _group_tensors(params, grads, phases, steps) -> dict:
+    """{(device, param dtype, phase dtype): [params, grads, phases, steps]}. The fused op takes one
+    device, one param dtype and one phase dtype per call. Plain traceable Python (device and dtypes
+    are static while torch.compile traces)."""
     if not torch.compiler.is_compiling():
-        params = lists[0]
-        dtype, device = params[0].dtype, params[0].device
-        # The common case, one device and one dtype, in a quarter of the time torch's helper
-        # takes (3.6 µs per tensor; measured on 10,000 tensors).
-        if all(p.dtype is dtype for p in params) and len({p.get_device() for p in params}) == 1:
-            return {(device, dtype): (lists, range(len(params)))}
-        return torch.optim.Optimizer._group_tensors_by_device_and_dtype(lists)
+        dtype, device, phase_dtype = params[0].dtype, params[0].device, phases[0].dtype
+        # The common case, one device and one dtype each, without building new lists.
+        if (all(p.dtype is dtype for p in params) and all(s.dtype is phase_dtype for s in phases)
+                and len({p.get_device() for p in params}) == 1):
+            return {(device, dtype, phase_dtype): [params, grads, phases, steps]}
     groups: dict = {}
-    for i, p in enumerate(lists[0]):
-        group_lists, indices = groups.setdefault((p.device, p.dtype), ([[] for _ in lists], []))
-        for group_list, tensors in zip(group_lists, lists):
-            group_list.append(tensors[i])
-        indices.append(i)
+    for p, g, phase, step in zip(params, grads, phases, steps):
+        group = groups.setdefault((p.device, p.dtype, phase.dtype), [[], [], [], []])
+        for group_list, t in zip(group, (p, g, phase, step)):
+            group_list.append(t)
     return groups
 
 
 def inna(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
-    psis: Sequence[Tensor],
+    phases: Sequence[Tensor],
     steps: Sequence[Tensor],
     *,
     lr: Union[float, Tensor],
@@ -195,39 +236,46 @@ def inna(
     decoupled_weight_decay: bool = False,
     psi_init: str = "paper",
     maximize: bool = False,
+    stochastic_rounding: bool = True,
+    seed: int = 0,
     impl: str = "fused",
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
 ) -> None:
-    """One INNA step on lists of tensors, in place on `params`, `psis` and `steps`.
+    """One INNA step on lists of tensors, in place on `params`, `phases` and `steps`.
 
-    steps[i] holds k, the steps params[i] has taken; ψ is initialised (in the same pass) where it
-    is 0. Complex params are updated as real views (their ψ is complex too). `grad_scale` and
-    `found_inf` come from torch.amp.GradScaler: grads are divided by grad_scale, and a non-zero
-    found_inf makes the call a no-op.
+    steps[i] holds k, the steps params[i] has taken; where it is 0 the phase is initialised in the
+    same pass (its old contents are never read). phases[i] is float32 (float64 for a float64
+    param) or bfloat16. With `stochastic_rounding`, float16/bfloat16 params and bfloat16 phases
+    are stored with unbiased stochastic rounding whose bits depend only on (seed, k, numel,
+    element index); otherwise they round to nearest. Complex params are updated as real views
+    (their phase is complex too). `grad_scale` and `found_inf` come from torch.amp.GradScaler:
+    grads are divided by grad_scale, and a non-zero found_inf makes the call a no-op.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init)
-    if not (len(grads) == len(psis) == len(steps) == len(params)):
+    check_rounding(stochastic_rounding, seed)
+    if not (len(grads) == len(phases) == len(steps) == len(params)):
         raise ValueError(f"INNA: lists must have equal lengths, got params={len(params)} "
-                         f"grads={len(grads)} psis={len(psis)} steps={len(steps)}")
+                         f"grads={len(grads)} phases={len(phases)} steps={len(steps)}")
     if not params:
-        return  # torch's grouping rejects empty lists
+        return
     try:
-        params, grads, psis = _local_tensors(params), _local_tensors(grads), _local_tensors(psis)
-        params, grads, psis = _real_views(params), _real_views(grads), _real_views(psis)
-        groups = _group_by_device_and_dtype([params, grads, psis, steps])
+        params, grads = _local_tensors(params), _local_tensors(grads)
+        phases = _local_tensors(phases)
+        params, grads, phases = _real_views(params), _real_views(grads), _real_views(phases)
+        groups = _group_tensors(params, grads, phases, steps)
     except (AttributeError, RuntimeError):
-        # A non-tensor entry or mismatched tensors: name the culprit rather than torch's grouping.
-        check_tensors(params, grads, psis, steps, fused=impl == "fused")
+        # A non-tensor entry or mismatched tensors: name the culprit rather than a torch error.
+        check_tensors(params, grads, phases, steps, fused=impl == "fused")
         raise
     # The fused op validates its own call, so one group is all-or-nothing by itself; with several
     # groups every group is checked before the first one is written.
     if impl != "fused" or len(groups) > 1:
-        check_tensors(params, grads, psis, steps, fused=impl == "fused")
+        check_tensors(params, grads, phases, steps, fused=impl == "fused")
     if impl == "fused":
-        for (device, _), ((p, g, s, k), _) in groups.items():
+        for device, _, _ in groups:
             if not _ops.kernel_available(device.type):
                 raise RuntimeError(f"INNA fused path on {device}: {_ops.unavailable_reason(device.type)}")
             if isinstance(lr, Tensor) and lr.device.type != "cpu" and lr.device != device:
@@ -235,77 +283,151 @@ def inna(
                                  f"{device}; the fused kernel reads lr on the CPU or the params' "
                                  "device")
     hyper = dict(alpha=alpha, beta=beta, decay_power=decay_power, weight_decay=weight_decay,
-                 decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
-    run = {"fused": _fused_inna, "foreach": _foreach_inna, "reference": _reference_inna}[impl]
-    for (device, _), ((p, g, s, k), _) in groups.items():
+                 decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                 stochastic_rounding=stochastic_rounding, seed=seed)
+    run = {"fused": _fused_inna, "foreach": _foreach_inna, "loop": _loop_inna,
+           "reference": _loop_inna}[impl]
+    for (device, _, _), (p, g, s, k) in groups.items():
         run(p, g, s, k, lr=lr, psi_init=psi_init, **hyper,
             grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
             found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
 
 
-def _fused_inna(params, grads, psis, steps, *, lr, psi_init, grad_scale, found_inf, **hyper):
+def _fused_inna(params, grads, phases, steps, *, lr, psi_init, grad_scale, found_inf, **hyper):
     kwargs = dict(hyper, paper_init=psi_init == "paper", grad_scale=grad_scale,
                   found_inf=found_inf)
     if isinstance(lr, Tensor):
-        torch.ops.inna_fused.fused_inna_.tensor_lr(params, psis, grads, steps, lr=lr, **kwargs)
+        torch.ops.inna_fused.fused_inna_.tensor_lr(params, phases, grads, steps, lr=lr, **kwargs)
     else:
-        torch.ops.inna_fused.fused_inna_(params, psis, grads, steps, lr=float(lr), **kwargs)
+        torch.ops.inna_fused.fused_inna_(params, phases, grads, steps, lr=float(lr), **kwargs)
 
 
-def _host_scalars(lr, grad_scale, found_inf):
-    """lr, the gradient factor and the skip flag as Python numbers (the non-fused paths sync)."""
+def _host_scalars(lr, grad_scale, found_inf, maximize):
+    """lr, the gradient factor (None: use the gradient as it is) and the skip flag as Python
+    numbers (the non-fused paths sync)."""
     skip = found_inf is not None and bool(found_inf.item() != 0)
     lr = float(lr)
-    inv_scale = None
+    factor = None
     if grad_scale is not None:
         # Same rounding as torch.amp.GradScaler.unscale_: a float32 reciprocal.
-        inv_scale = grad_scale.double().reciprocal().float().item()
-    return lr, inv_scale, skip
+        factor = grad_scale.double().reciprocal().float().item()
+    if maximize:
+        factor = -(1.0 if factor is None else factor)
+    return lr, factor, skip
 
 
-def _reference_inna(params, grads, psis, steps, *, lr, psi_init, grad_scale, found_inf,
-                    **hyper):
-    lr, inv_scale, skip = _host_scalars(lr, grad_scale, found_inf)
+def _coefficients(gamma: float, alpha: float, beta: float, weight_decay: float) -> dict:
+    """The per-tensor coefficients of csrc/inna_math.h (make_coeffs), in double precision; the
+    torch ops round them to the arithmetic's dtype as the kernels do."""
+    return dict(
+        gamma=gamma,
+        decay=1.0 - gamma * weight_decay,
+        wd_to_phase=(1.0 - alpha * beta) * gamma * weight_decay / beta,
+        phase_decay=1.0 - alpha * gamma,
+        phase_gain=(1.0 - alpha * beta) * gamma,
+    )
+
+
+def _store(dst: Tensor, value: Tensor, r16: Optional[Tensor]) -> None:
+    """Write `value` (float32 or float64) into `dst`: 16-bit `dst` take float32 values, rounded
+    stochastically with the 16 random bits per element `r16` when given, to nearest otherwise."""
+    if dst.dtype in _SIXTEEN_BIT:
+        value = value.to(torch.float32)
+        if r16 is not None:
+            value = round_stochastic(value, dst.dtype, r16)
+    dst.copy_(value)
+
+
+def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed) -> None:
+    """Write back the new θ and phases (those computed in copies). One hash per element serves
+    both stores, as in the kernels: its high 16 bits round θ, its low 16 bits the phase."""
+    for p, phase, g, theta, new_phase, k in zip(params, phases, grads, thetas, new_phases, ks):
+        round_theta = stochastic and theta is not p and p.dtype in _SIXTEEN_BIT and p.numel() > 0
+        round_phase = (stochastic and new_phase is not phase and phase.dtype == torch.bfloat16
+                       and phase.numel() > 0)
+        bits = None
+        if round_theta or round_phase:
+            bits = random_bits(rounding_key(seed, k, p.numel()), element_indices(p, g, phase))
+        if theta is not p:
+            _store(p, theta, theta_bits(bits) if round_theta else None)
+        if new_phase is not phase:
+            _store(phase, new_phase, phase_bits(bits) if round_phase else None)
+
+
+def _loop_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,
+               decoupled_weight_decay, psi_init, maximize, stochastic_rounding, seed, grad_scale,
+               found_inf):
+    """The phase-form update one tensor at a time, written as csrc/inna_math.h writes it."""
+    lr, grad_factor, skip = _host_scalars(lr, grad_scale, found_inf, maximize)
     if skip:
         return
-    for p, g, psi, step in zip(params, grads, psis, steps):
-        if inv_scale is not None:
-            g = g * inv_scale
-        inna_reference_(p, psi, g, int(step.item()), lr=lr, psi_init=psi_init, **hyper)
+    coupled = weight_decay != 0 and not decoupled_weight_decay
+    decoupled = weight_decay != 0 and decoupled_weight_decay
+    for p, g, phase, step in zip(params, grads, phases, steps):
+        k = int(step.item())
+        c = _coefficients(step_size(lr, k, decay_power), alpha, beta, weight_decay)
+        compute = default_phase_dtype(p.dtype)
+        theta = p.detach().to(compute)
+        v = g.detach().to(compute)
+        if grad_factor is not None:
+            v = v * grad_factor
+        w = None if k == 0 else phase.to(compute)
+        if decoupled:
+            if k != 0:
+                w = w + c["wd_to_phase"] * theta
+            theta = theta * c["decay"]
+        if k == 0:
+            w = v * (1.0 - beta) if psi_init == "paper" else torch.zeros_like(v)
+        theta_step = w + beta * v
+        drive = v
+        if coupled:
+            theta_step = theta_step + weight_decay * theta
+            drive = v + (weight_decay / beta) * theta
+        new_phase = c["phase_gain"] * drive + c["phase_decay"] * w
+        new_theta = theta - c["gamma"] * theta_step
+        _stores([p], [phase], [g], [new_theta], [new_phase], [k], stochastic_rounding, seed)
         step.add_(1)
 
 
-def _foreach_inna(params, grads, psis, steps, *, lr, alpha, beta, decay_power, weight_decay,
-                  decoupled_weight_decay, psi_init, maximize, grad_scale, found_inf):
-    lr, inv_scale, skip = _host_scalars(lr, grad_scale, found_inf)
+def _foreach_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,
+                  decoupled_weight_decay, psi_init, maximize, stochastic_rounding, seed,
+                  grad_scale, found_inf):
+    """The phase-form update with torch._foreach_* ops over one (device, param dtype, phase
+    dtype) group."""
+    lr, grad_factor, skip = _host_scalars(lr, grad_scale, found_inf, maximize)
     if skip or not params:
         return
-    ks = [float(s.item()) for s in steps]
-    gammas = [step_size(lr, k, decay_power) for k in ks]
-    compute = psi_dtype(params[0].dtype)
-    upcast = params[0].dtype != compute
-    theta = [p.to(compute) for p in params] if upcast else list(params)
-    v = [g.to(compute) for g in grads] if upcast else list(grads)
-    if inv_scale is not None or maximize:
-        factor = (inv_scale if inv_scale is not None else 1.0) * (-1.0 if maximize else 1.0)
-        v = torch._foreach_mul(v, factor)
-    if decoupled_weight_decay and weight_decay != 0:
-        torch._foreach_mul_(theta, [1 - gm * weight_decay for gm in gammas])
+    ks = [int(s.item()) for s in steps]
+    coeffs = [_coefficients(step_size(lr, k, decay_power), alpha, beta, weight_decay) for k in ks]
+    compute = default_phase_dtype(params[0].dtype)
+    theta = [p.to(compute) for p in params] if params[0].dtype != compute else list(params)
+    w = [s.to(compute) for s in phases] if phases[0].dtype != compute else list(phases)
+    v = [g.to(compute) for g in grads] if grads[0].dtype != compute else list(grads)
+    if grad_factor is not None:
+        v = torch._foreach_mul(v, grad_factor)
     first = [i for i, k in enumerate(ks) if k == 0]
+    later = [i for i, k in enumerate(ks) if k != 0]
+    if decoupled_weight_decay and weight_decay != 0:
+        if later:
+            decay_terms = torch._foreach_mul([theta[i] for i in later],
+                                             [coeffs[i]["wd_to_phase"] for i in later])
+            torch._foreach_add_([w[i] for i in later], decay_terms)
+        torch._foreach_mul_(theta, [c["decay"] for c in coeffs])
     if first:
-        psi0 = torch._foreach_mul([theta[i] for i in first], 1 - alpha * beta)
+        first_phases = [w[i] for i in first]
         if psi_init == "paper":
-            torch._foreach_add_(psi0, [v[i] for i in first], alpha=-(beta * beta - beta))
-        torch._foreach_copy_([psis[i] for i in first], psi0)
-    phase = torch._foreach_mul(theta, alpha - 1 / beta)
-    torch._foreach_add_(phase, psis, alpha=1 / beta)
-    theta_step = torch._foreach_add(phase, v, alpha=beta)
+            initial = torch._foreach_mul([v[i] for i in first], 1.0 - beta)
+            torch._foreach_copy_(first_phases, initial)
+        else:
+            torch._foreach_zero_(first_phases)
+    theta_step = torch._foreach_add(w, v, alpha=beta)
+    drive = v
     if weight_decay != 0 and not decoupled_weight_decay:
         torch._foreach_add_(theta_step, theta, alpha=weight_decay)
-    torch._foreach_mul_(phase, gammas)
-    torch._foreach_sub_(psis, phase)
-    torch._foreach_mul_(theta_step, gammas)
+        drive = torch._foreach_add(v, theta, alpha=weight_decay / beta)
+    torch._foreach_mul_(w, [c["phase_decay"] for c in coeffs])
+    torch._foreach_add_(w, torch._foreach_mul(drive, [c["phase_gain"] for c in coeffs]))
+    torch._foreach_mul_(theta_step, [c["gamma"] for c in coeffs])
     torch._foreach_sub_(theta, theta_step)
-    if upcast:
-        torch._foreach_copy_(params, theta)
+    _stores(params, phases, grads, theta, w, ks, stochastic_rounding, seed)
     torch._foreach_add_(steps, 1)

@@ -10,8 +10,8 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from . import _ops
-from .functional import check_hyperparameters, inna
-from .reference import psi_dtype
+from .conversions import phase_to_psi, psi_to_phase
+from .functional import check_hyperparameters, check_rounding, default_phase_dtype, inna
 
 __all__ = ["INNA"]
 
@@ -20,7 +20,40 @@ _warned_fallback = False
 # Group keys that state_dicts of the authors' class (or older versions) may lack.
 _LOADED_GROUP_DEFAULTS = dict(psi_init="zero", decoupled_weight_decay=False, maximize=False,
                               foreach=None, fused=None, capturable=False, decaypower=0.0,
-                              weight_decay=0.0)
+                              weight_decay=0.0, state_dtype=None, stochastic_rounding=True,
+                              seed=0)
+# Group keys that a loaded state_dict may lack (the authors' class, older versions of this one):
+# this optimizer's own values fill them in, so that e.g. a ψ checkpoint loaded into an optimizer
+# built with state_dtype=torch.bfloat16 keeps a bfloat16 phase.
+_STORAGE_KEYS = ("state_dtype", "stochastic_rounding", "seed")
+
+
+def phase_dtype_for(p: Tensor, state_dtype: Optional[torch.dtype]) -> torch.dtype:
+    """The dtype of a param's phase under the `state_dtype` option (already validated)."""
+    if p.is_complex():
+        return torch.complex128 if p.dtype == torch.complex128 else torch.complex64
+    return default_phase_dtype(p.dtype) if state_dtype is None else state_dtype
+
+
+def check_state_dtype(state_dtype, params) -> None:
+    """Raise ValueError naming `state_dtype` when it cannot hold the phase of some param."""
+    if state_dtype is None:
+        return
+    allowed = (torch.bfloat16, torch.float32, torch.float64)
+    if state_dtype not in allowed:
+        raise ValueError(f"INNA: invalid state_dtype={state_dtype!r} (choose None, torch.float32, "
+                         "torch.bfloat16, or torch.float64 for float64 params)")
+    for p in params:
+        if p.is_complex():
+            raise ValueError(f"INNA: state_dtype={state_dtype} is not supported for complex params "
+                             f"(got a {p.dtype} param); leave state_dtype=None")
+        if state_dtype == torch.float64 and p.dtype != torch.float64:
+            raise ValueError(f"INNA: state_dtype=torch.float64 needs float64 params, got a "
+                             f"{p.dtype} param")
+        if state_dtype == torch.float32 and p.dtype == torch.float64:
+            raise ValueError("INNA: state_dtype=torch.float32 would store the phase of a float64 "
+                             "param in less precision than its arithmetic; use None "
+                             "(float64) or torch.bfloat16")
 
 
 def _warn_fallback_once(device_type: str) -> None:
@@ -34,17 +67,26 @@ def _warn_fallback_once(device_type: str) -> None:
 class INNA(Optimizer):
     r"""Inertial Newton Algorithm (Castera, Bolte, Févotte, Pauwels, JMLR 2021).
 
-    For each parameter θ with gradient v and auxiliary buffer ψ, one step is (eq. 12)
+    The paper's eq. (12) keeps an auxiliary buffer ψ. This class keeps the equivalent *phase*
+
+    .. math::
+        w = (\alpha - 1/\beta)\,\theta + \psi/\beta
+        \qquad\Longleftrightarrow\qquad
+        \psi = \beta w - (\alpha\beta - 1)\,\theta,
+
+    in which eq. (12) reads exactly, for each parameter θ with gradient v,
 
     .. math::
         \gamma_k &= \mathrm{lr} / (k+1)^{q} \\
-        \phi_k &= (\alpha - 1/\beta)\,\theta_k + \psi_k/\beta \\
-        \psi_{k+1} &= \psi_k - \gamma_k\,\phi_k \\
-        \theta_{k+1} &= \theta_k - \gamma_k\,(\phi_k + \beta v_k)
+        \theta_{k+1} &= \theta_k - \gamma_k\,(w_k + \beta v_k) \\
+        w_{k+1} &= (1 - \alpha\gamma_k)\,w_k + (1 - \alpha\beta)\,\gamma_k\,v_k
 
-    with k the number of steps this parameter has taken and q = ``decaypower``. On the first step
-    ψ is initialised: ``psi_init="paper"`` gives ψ₀ = (1−αβ)θ₀ − (β²−β)v₀ (the first step is then one
-    SGD step), ``psi_init="zero"`` gives ψ₀ = (1−αβ)θ₀ (the authors' PyTorch code).
+    with k the number of steps this parameter has taken and q = ``decaypower``. w is
+    gradient-sized, so unlike ψ it is not the difference of two nearly equal θ-sized terms: the
+    float32 trajectory stays close to the exact one, w can be stored in bfloat16, and bfloat16
+    params keep training. On the first step w is initialised: ``psi_init="paper"`` gives
+    w₀ = (1 − β)v₀, i.e. ψ₀ = (1−αβ)θ₀ − (β²−β)v₀ (the first step is then one SGD step);
+    ``psi_init="zero"`` gives w₀ = 0, i.e. ψ₀ = (1−αβ)θ₀ (the authors' PyTorch code).
 
     Args:
         params: parameters or param groups.
@@ -52,17 +94,29 @@ class INNA(Optimizer):
         alpha, beta: the damping coefficients α > 0 (viscous) and β > 0 (Newtonian).
         decaypower: q ≥ 0 in γ_k = lr/(k+1)^q (0: constant, e.g. driven by an LR scheduler;
             combining both is allowed: the scheduler sets lr, the decay applies on top).
-        weight_decay: coupled (authors' convention: θ's step gets + wd·θ) unless
-            ``decoupled_weight_decay=True`` (θ ← θ(1 − γ_k·wd) before the update).
+        weight_decay: coupled (authors' convention: θ's step gets + wd·θ_k and w's gradient term
+            becomes v + wd·θ_k/β) unless ``decoupled_weight_decay=True`` (θ ← θ(1 − γ_k·wd)
+            before the update, ψ untouched, i.e. w gains (1 − αβ)γ_k·wd·θ_k/β).
         maximize: maximize the objective instead of minimizing it.
+        state_dtype: dtype of the phase. None (default): float32, float64 for float64 params.
+            ``torch.bfloat16`` (any param dtype) halves the optimizer state; ``torch.float32``
+            (16- and 32-bit params); ``torch.float64`` (float64 params only).
+        stochastic_rounding: store float16/bfloat16 params and bfloat16 phases with unbiased
+            stochastic rounding (default True); False rounds to nearest. The random bits are a hash
+            of (seed, step, numel, element index): runs are reproducible and identical on every
+            implementation, device, thread count and data-parallel replica.
+        seed: the seed of those bits (an int).
         foreach, fused: implementation choice. ``fused=None`` (default) uses the compiled kernel
             when it serves the params' devices, else the foreach path with a one-time warning;
-            ``fused=True`` requires the kernel; ``fused=False, foreach=False`` runs the per-parameter
-            reference loop.
+            ``fused=True`` requires the kernel; ``fused=False, foreach=False`` runs the
+            per-parameter loop.
         capturable: keep step counts on the params' device so that a step can be captured in a
             CUDA graph (fused path only).
 
-    State per parameter: ``psi`` (float32 for 16-bit params) and ``step`` (a float32 tensor).
+    State per parameter: ``phase`` (the w above, in ``state_dtype``) and ``step`` (a float32
+    tensor). ``load_state_dict`` also accepts the paper's state ``psi`` (the authors' checkpoints
+    and this package's earlier versions) and converts it in float64; ``psi_state_dict()`` saves
+    in that format.
     """
 
     def __init__(
@@ -80,8 +134,12 @@ class INNA(Optimizer):
         foreach: Optional[bool] = None,
         fused: Optional[bool] = None,
         capturable: bool = False,
+        state_dtype: Optional[torch.dtype] = None,
+        stochastic_rounding: bool = True,
+        seed: int = 0,
     ):
         check_hyperparameters(lr, alpha, beta, decaypower, weight_decay, psi_init)
+        check_rounding(stochastic_rounding, seed)
         if fused and foreach:
             raise RuntimeError("INNA: `fused` and `foreach` cannot both be True")
         if capturable and fused is False:
@@ -89,7 +147,9 @@ class INNA(Optimizer):
         defaults = dict(lr=lr, alpha=alpha, beta=beta, decaypower=decaypower,
                         weight_decay=weight_decay, psi_init=psi_init,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                        foreach=foreach, fused=fused, capturable=capturable)
+                        foreach=foreach, fused=fused, capturable=capturable,
+                        state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                        seed=seed)
         super().__init__(params, defaults)
         # torch.amp.GradScaler hands grad_scale/found_inf to step() (every implementation honours them).
         self._step_supports_amp_scaling = True
@@ -100,7 +160,14 @@ class INNA(Optimizer):
         merged = {**self.defaults, **param_group}
         check_hyperparameters(merged["lr"], merged["alpha"], merged["beta"], merged["decaypower"],
                               merged["weight_decay"], merged["psi_init"])
+        check_rounding(merged["stochastic_rounding"], merged["seed"])
         super().add_param_group(param_group)
+        added = self.param_groups[-1]
+        try:
+            check_state_dtype(added["state_dtype"], added["params"])
+        except ValueError:
+            self.param_groups.pop()  # torch's add_param_group has appended it: nothing added
+            raise
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -115,6 +182,10 @@ class INNA(Optimizer):
                 # param's device by the first fused step).
                 if st and "step" in st and not torch.is_tensor(st["step"]):
                     st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
+                # An optimizer pickled by an earlier version keeps the paper's ψ.
+                if st and "psi" in st and "phase" not in st and torch.is_tensor(st["psi"]):
+                    st["phase"] = psi_to_phase(p, st.pop("psi"), group["alpha"], group["beta"],
+                                               dtype=phase_dtype_for(p, group["state_dtype"]))
 
     def _implementation(self, group: dict[str, Any]) -> str:
         fused, foreach = group["fused"], group["foreach"]
@@ -132,9 +203,9 @@ class INNA(Optimizer):
                 return "foreach"
         if group["capturable"]:
             raise ValueError("INNA: capturable=True needs the fused implementation")
-        return "foreach" if foreach or foreach is None else "reference"
+        return "foreach" if foreach or foreach is None else "loop"
 
-    def _init_group(self, group, params, grads, psis, steps, on_device: bool) -> None:
+    def _init_group(self, group, params, grads, phases, steps, on_device: bool) -> None:
         """Gather the lists for one group; create state lazily. The fused kernel reads step counts
         on the params' device, the other paths on the CPU."""
         for p in group["params"]:
@@ -147,11 +218,11 @@ class INNA(Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.float32,
                                             device=p.device if on_device else "cpu")
                 # Filled by the first step in the same pass (its contents are never read before).
-                state["psi"] = torch.empty_like(p, dtype=self._psi_dtype_of(p),
-                                                memory_format=torch.preserve_format)
+                state["phase"] = torch.empty_like(p, dtype=phase_dtype_for(p, group["state_dtype"]),
+                                                  memory_format=torch.preserve_format)
             elif on_device and state["step"].device != p.device:
                 state["step"] = state["step"].to(p.device)
-            psis.append(state["psi"])
+            phases.append(state["phase"])
             steps.append(state["step"])
 
     @staticmethod
@@ -163,56 +234,105 @@ class INNA(Optimizer):
         for group_index, (group, _, params, grads, _, _) in enumerate(work):
             check_hyperparameters(group["lr"], group["alpha"], group["beta"], group["decaypower"],
                                   group["weight_decay"], group["psi_init"])
+            check_rounding(group["stochastic_rounding"], group["seed"])
             for grad in grads:
                 if grad.layout != torch.strided:
                     raise TypeError(f"INNA: a param of param group {group_index} has a "
                                     f"{grad.layout} grad; INNA does not support sparse gradients")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch.optim's load_state_dict, plus: every saved ψ and step is checked against its
-        param first (a bad checkpoint raises here, and nothing is loaded); ψ keeps its own
-        precision and integer step tensors become float32."""
-        saved_psis = self._check_saved_state(state_dict)
+        """torch.optim's load_state_dict, plus:
+
+        - every saved phase (or ψ) and step is checked against its param first: a bad checkpoint
+          raises here, and nothing is loaded;
+        - a state holding the paper's ``psi`` (the authors' checkpoints and this package's earlier
+          versions) is converted to the phase w = (α − 1/β)θ + ψ/β in float64, with the loaded
+          group's α and β and the param's current value;
+        - the phase is stored in this optimizer's ``state_dtype`` (saved groups that lack
+          ``state_dtype``, ``stochastic_rounding`` or ``seed`` take this optimizer's values), taken
+          from the saved tensor rather than torch.optim's cast to the param's dtype; integer step
+          tensors become float32.
+        """
+        state_dict = self._with_storage_keys(state_dict)
+        saved = self._check_saved_state(state_dict)
         super().load_state_dict(state_dict)
-        for p, saved_psi in saved_psis.items():
-            state = self.state[p]
-            # torch.optim casts state to the param's dtype; ψ of a 16-bit param stays float32,
-            # taken from the saved tensor so that no precision is lost on the way.
-            state["psi"] = saved_psi.to(device=p.device, dtype=self._psi_dtype_of(p))
-            if state["step"].dtype not in (torch.float32, torch.float64):
-                state["step"] = state["step"].to(torch.float32)  # e.g. an integer tensor
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p not in saved:
+                    continue
+                key, value = saved[p]
+                state = self.state[p]
+                dtype = phase_dtype_for(p, group["state_dtype"])
+                if key == "psi":
+                    # __setstate__ (called by torch's load_state_dict) converted the ψ that torch
+                    # had cast to the param's dtype; convert the saved one instead.
+                    state.pop("psi", None)
+                    state["phase"] = psi_to_phase(p, value.to(p.device), group["alpha"],
+                                                  group["beta"], dtype=dtype)
+                else:
+                    state["phase"] = value.to(device=p.device, dtype=dtype)
+                if state["step"].dtype not in (torch.float32, torch.float64):
+                    state["step"] = state["step"].to(torch.float32)  # e.g. an integer tensor
 
-    @staticmethod
-    def _psi_dtype_of(p: Tensor) -> torch.dtype:
-        if p.is_complex():
-            return torch.complex128 if p.dtype == torch.complex128 else torch.complex64
-        return psi_dtype(p.dtype)
+    def psi_state_dict(self) -> dict[str, Any]:
+        """`state_dict()` with each param's phase w replaced by the paper's ψ = β·w − (αβ − 1)·θ
+        (computed in float64, stored as float32, float64 for float64 params): the format of the
+        authors' optimizer and of this package's earlier versions. `load_state_dict` reads it
+        back."""
+        state_dict = self.state_dict()
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = state_dict["state"].get(index)
+                if st is not None and "phase" in st:
+                    st = dict(st)
+                    st["psi"] = phase_to_psi(p, st.pop("phase"), group["alpha"], group["beta"])
+                    state_dict["state"][index] = st
+                index += 1
+        return state_dict
 
-    def _check_saved_state(self, state_dict: dict[str, Any]) -> dict[Tensor, Tensor]:
-        """Validate the per-param state of a state_dict; return {param: saved ψ}."""
+    def _with_storage_keys(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """A shallow copy of state_dict whose groups hold every key of _STORAGE_KEYS (this
+        optimizer's value where a saved group lacks one)."""
+        saved_groups = state_dict.get("param_groups")
+        if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups):
+            return state_dict  # torch.optim's load_state_dict reports structural mismatches
+        groups = [{**{k: g[k] for k in _STORAGE_KEYS}, **s} if isinstance(s, dict) else s
+                  for s, g in zip(saved_groups, self.param_groups)]
+        return {**state_dict, "param_groups": groups}
+
+    def _check_saved_state(self, state_dict: dict[str, Any]) -> dict[Tensor, tuple[str, Tensor]]:
+        """Validate the groups' storage options and the per-param state of a state_dict; return
+        {param: ("phase" or "psi", saved tensor)}."""
         saved_groups = state_dict.get("param_groups")
         if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups) or any(
-                len(s.get("params", ())) != len(g["params"])
+                not isinstance(s, dict) or len(s.get("params", ())) != len(g["params"])
                 for s, g in zip(saved_groups, self.param_groups)):
             return {}  # torch.optim's load_state_dict reports structural mismatches
+        for s, g in zip(saved_groups, self.param_groups):
+            check_rounding(s["stochastic_rounding"], s["seed"])
+            check_state_dtype(s["state_dtype"], g["params"])
         param_of = dict(zip((i for s in saved_groups for i in s["params"]),
                             (p for g in self.param_groups for p in g["params"])))
-        saved_psis = {}
+        saved = {}
         for key, st in state_dict.get("state", {}).items():
             p = param_of.get(key)
             if p is None or not st:
                 continue
             where = f"INNA.load_state_dict: state of param {key} (shape {tuple(p.shape)})"
-            if "psi" not in st or "step" not in st:
-                raise ValueError(f"{where} lacks {'psi' if 'psi' not in st else 'step'}")
-            psi, step = st["psi"], st["step"]
-            if not torch.is_tensor(psi) or psi.shape != p.shape:
-                got = tuple(psi.shape) if torch.is_tensor(psi) else type(psi).__name__
-                raise ValueError(f"{where}: psi must be a tensor of the param's shape, got {got}")
-            if psi.is_complex() != p.is_complex() or not (psi.is_floating_point()
-                                                          or psi.is_complex()):
-                raise TypeError(f"{where}: psi has dtype {psi.dtype}, which cannot hold the state "
-                                f"of a {p.dtype} param")
+            state_key = "phase" if "phase" in st else "psi"
+            if state_key not in st or "step" not in st:
+                missing = "phase (or psi)" if state_key not in st else "step"
+                raise ValueError(f"{where} lacks {missing}")
+            value, step = st[state_key], st["step"]
+            if not torch.is_tensor(value) or value.shape != p.shape:
+                got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                raise ValueError(f"{where}: {state_key} must be a tensor of the param's shape, "
+                                 f"got {got}")
+            if value.is_complex() != p.is_complex() or not (value.is_floating_point()
+                                                            or value.is_complex()):
+                raise TypeError(f"{where}: {state_key} has dtype {value.dtype}, which cannot hold "
+                                f"the state of a {p.dtype} param")
             if torch.is_tensor(step):
                 if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
                     raise TypeError(f"{where}: step must be a number or a one-element real "
@@ -225,8 +345,8 @@ class INNA(Optimizer):
                                 f"{type(step).__name__}")
             if not (math.isfinite(step_value) and step_value >= 0 and step_value.is_integer()):
                 raise ValueError(f"{where}: step must be a whole number >= 0, got {step_value}")
-            saved_psis[p] = psi
-        return saved_psis
+            saved[p] = (state_key, value)
+        return saved
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -242,17 +362,18 @@ class INNA(Optimizer):
         work = []
         for group in self.param_groups:
             impl = self._implementation(group)
-            params, grads, psis, steps = [], [], [], []
-            self._init_group(group, params, grads, psis, steps, on_device=impl == "fused")
+            params, grads, phases, steps = [], [], [], []
+            self._init_group(group, params, grads, phases, steps, on_device=impl == "fused")
             if params:
-                work.append((group, impl, params, grads, psis, steps))
+                work.append((group, impl, params, grads, phases, steps))
         if len(work) > 1:
             self._check_groups_before_writes(work)
-        for group, impl, params, grads, psis, steps in work:
-            inna(params, grads, psis, steps, lr=group["lr"], alpha=group["alpha"],
+        for group, impl, params, grads, phases, steps in work:
+            inna(params, grads, phases, steps, lr=group["lr"], alpha=group["alpha"],
                  beta=group["beta"], decay_power=group["decaypower"],
                  weight_decay=group["weight_decay"],
                  decoupled_weight_decay=group["decoupled_weight_decay"],
-                 psi_init=group["psi_init"], maximize=group["maximize"], impl=impl,
+                 psi_init=group["psi_init"], maximize=group["maximize"],
+                 stochastic_rounding=group["stochastic_rounding"], seed=group["seed"], impl=impl,
                  grad_scale=grad_scale, found_inf=found_inf)
         return loss

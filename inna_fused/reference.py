@@ -1,7 +1,8 @@
 """The INNA update of Castera, Bolte, Févotte, Pauwels (JMLR 2021), eq. (12), one tensor at a time.
 
-This is the oracle every fast path is tested against and the "per-parameter loop" that INNA users
-run today (it allocates temporaries on every call). It is deliberately plain torch:
+This is the oracle the implementations are tested against (they keep the phase
+w = (α − 1/β)θ + ψ/β instead of ψ; `inna_fused.conversions` converts in float64). It is the
+literal eq. (12), deliberately plain torch, with its cancellation (see `inna_fused.functional`):
 
     θ_{k+1} = θ_k + γ_k ((1/β − α) θ_k − ψ_k/β − β v_k)
     ψ_{k+1} = ψ_k + γ_k ((1/β − α) θ_k − ψ_k/β)

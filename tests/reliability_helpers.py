@@ -1,5 +1,5 @@
-"""Shared by the reliability tests: strided views inside guarded buffers, and the rounding error
-an INNA step may honestly have (to compare a fast path with the reference)."""
+"""Shared by the reliability tests: strided views inside guarded buffers, a phase-form reference
+step, and the rounding error an INNA step may honestly have (to compare a fast path with it)."""
 import math
 
 import torch
@@ -55,28 +55,51 @@ def _magnitude(t):
     return torch.nan_to_num(t.double().abs(), nan=0.0, posinf=0.0)
 
 
-def error_bounds(theta, grad, psi, k, *, lr, alpha, beta, decay_power=0.0, weight_decay=0.0,
-                 psi_init="paper", grad_factor=1.0):
-    """Per-element bounds on |fast − reference| for θ and ψ after one step from (θ, g, ψ).
+def phase_step_reference(theta, grad, phase, k, *, lr, alpha, beta, decay_power=0.0,
+                         weight_decay=0.0, decoupled_weight_decay=False, psi_init="paper"):
+    """One step of the phase form of eq. (12), written out once more, in the opmath dtype (float32,
+    float64 for float64 params) and rounded to nearest into the storage dtypes: the yardstick for
+    element-wise behaviour (non-finite values, overflow, denormals). That the phase form is eq. (12)
+    is checked against the ψ oracle in test_core.py."""
+    compute = psi_dtype(theta.dtype)
+    t, v = theta.to(compute), grad.to(compute)
+    gamma = lr if decay_power == 0 else lr / (k + 1.0) ** decay_power
+    w = phase.to(compute)
+    if decoupled_weight_decay and weight_decay:
+        if k != 0:
+            w = w + (1 - alpha * beta) * gamma * weight_decay / beta * t
+        t = t * (1 - gamma * weight_decay)
+    if k == 0:
+        w = (1 - beta) * v if psi_init == "paper" else torch.zeros_like(v)
+    theta_step, drive = w + beta * v, v
+    if weight_decay and not decoupled_weight_decay:
+        theta_step = theta_step + weight_decay * t
+        drive = v + weight_decay / beta * t
+    new_phase = (1 - alpha * beta) * gamma * drive + (1 - alpha * gamma) * w
+    return (t - gamma * theta_step).to(theta.dtype), new_phase.to(phase.dtype)
+
+
+def error_bounds(theta, grad, phase, k, *, lr, alpha, beta, decay_power=0.0, weight_decay=0.0,
+                 decoupled_weight_decay=False, psi_init="paper", grad_factor=1.0):
+    """Per-element bounds on |fast − reference| for θ and the phase after one step from (θ, g, w).
 
     Both paths evaluate the same expression in the opmath type (eps u) with differently ordered
-    roundings, so the difference is a few u times the magnitudes the expression adds up (θ, ψ/β
-    and β·v nearly cancel in the phase, so the bound must follow them, not the result). Add
-    `rounding_slack` for the final rounding into the storage dtype.
+    roundings (fused multiply-adds or not), so the difference is a few u times the magnitudes the
+    expression adds up. Add `rounding_slack` for the final rounding into the storage dtype.
     """
     u = torch.finfo(psi_dtype(theta.dtype)).eps
     th, v = _magnitude(theta), _magnitude(grad) * abs(grad_factor)
     gamma = lr if decay_power == 0 else lr / (k + 1.0) ** decay_power
     if k == 0:
-        ps = abs(1 - alpha * beta) * th
-        if psi_init == "paper":
-            ps = ps + abs(beta * beta - beta) * v
+        w = abs(1 - beta) * v if psi_init == "paper" else torch.zeros_like(v)
     else:
-        ps = _magnitude(psi)
-    phase = abs(alpha - 1 / beta) * th + ps / beta
-    psi_bound = 16 * u * (ps + gamma * phase)
-    theta_bound = 16 * u * (th + gamma * (phase + beta * v + weight_decay * th))
-    return theta_bound, psi_bound
+        w = _magnitude(phase)
+        if decoupled_weight_decay:
+            w = w + abs(1 - alpha * beta) * gamma * weight_decay / beta * th
+    drive = v + weight_decay / beta * th
+    phase_bound = 16 * u * (abs(1 - alpha * gamma) * w + abs(1 - alpha * beta) * gamma * drive)
+    theta_bound = 16 * u * (th + gamma * (w + beta * v + weight_decay * th))
+    return theta_bound, phase_bound
 
 
 def rounding_slack(expected, dtype):

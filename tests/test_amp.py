@@ -32,7 +32,7 @@ def loss_of(model, x, y):
 
 
 def state_snapshot(model, opt):
-    return [(p.detach().clone(), opt.state[p]["psi"].clone(), opt.state[p]["step"].clone())
+    return [(p.detach().clone(), opt.state[p]["phase"].clone(), opt.state[p]["step"].clone())
             for p in model.parameters()]
 
 
@@ -86,15 +86,15 @@ def test_non_finite_gradient_skips_the_step(impl, bad):
     scaler.step(opt)
     scaler.update()
 
-    for (p, psi, step), (p0, psi0, step0) in zip(state_snapshot(model, opt), before):
-        assert torch.equal(p, p0) and torch.equal(psi, psi0) and torch.equal(step, step0)
+    for (p, phase, step), (p0, phase0, step0) in zip(state_snapshot(model, opt), before):
+        assert torch.equal(p, p0) and torch.equal(phase, phase0) and torch.equal(step, step0)
     assert float(before[0][2]) == 1.0
     assert scaler.get_scale() < scale_before
 
 
 @pytest.mark.parametrize("impl", impl_params())
-def test_skipped_first_step_leaves_psi_uninitialised(impl):
-    """A skipped first step must not count: the next step initialises ψ as a first step."""
+def test_skipped_first_step_leaves_phase_uninitialised(impl):
+    """A skipped first step must not count: the next step initialises the phase as a first step."""
     skipped_first, direct = make_model(), make_model()
     opts = [INNA(m.parameters(), **HYPER, **impl_kwargs(impl)) for m in (skipped_first, direct)]
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
@@ -130,11 +130,11 @@ def test_bf16_autocast_training_decreases_the_loss(impl):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    assert all(opt.state[p]["psi"].dtype == torch.float32 for p in model.parameters())
+    assert all(opt.state[p]["phase"].dtype == torch.float32 for p in model.parameters())
 
 
 @pytest.mark.parametrize("impl", impl_params())
-def test_bf16_params_keep_float32_psi_and_train(impl):
+def test_bf16_params_keep_float32_phase_and_train(impl):
     model = copy.deepcopy(make_model()).to(torch.bfloat16)
     opt = INNA(model.parameters(), lr=0.1, **impl_kwargs(impl))
     x, y = (t.to(torch.bfloat16) for t in learnable_batch())
@@ -146,4 +146,4 @@ def test_bf16_params_keep_float32_psi_and_train(impl):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    assert all(opt.state[p]["psi"].dtype == torch.float32 for p in model.parameters())
+    assert all(opt.state[p]["phase"].dtype == torch.float32 for p in model.parameters())

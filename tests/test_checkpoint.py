@@ -1,5 +1,6 @@
 """Checkpoints: state_dict round trips through torch.save/torch.load across implementations,
-exact resumption, and state_dicts written by the authors' INNA class."""
+exact resumption, and state_dicts written by the authors' INNA class (their ψ converts to our
+phase at load)."""
 import copy
 import io
 import pickle
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch.optim import Optimizer
 
-from inna_fused import INNA
+from inna_fused import INNA, phase_to_psi
 
 from conftest import impl_kwargs, impl_params
 
@@ -16,7 +17,7 @@ HYPER = dict(lr=0.05, alpha=0.5, beta=0.1, decaypower=0.5, weight_decay=0.01)
 
 
 def make_model(dtype=torch.float32, seed=0):
-    """Two layers; the second in `dtype` (16-bit dtypes keep a float32 ψ)."""
+    """Two layers; the second in `dtype` (16-bit dtypes keep a float32 phase by default)."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
     model[2].to(dtype)
@@ -55,9 +56,9 @@ def through_file(obj, map_location="cpu"):
 def assert_same_training_state(model_a, opt_a, model_b, opt_b, exact, what):
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
         sa, sb = opt_a.state[a], opt_b.state[b]
-        assert sb["psi"].dtype == sa["psi"].dtype, f"{what}: psi dtype of {name}"
+        assert sb["phase"].dtype == sa["phase"].dtype, f"{what}: phase dtype of {name}"
         assert float(sb["step"]) == float(sa["step"]), f"{what}: step of {name}"
-        for x, y, part in ((a, b, "param"), (sa["psi"], sb["psi"], "psi")):
+        for x, y, part in ((a, b, "param"), (sa["phase"], sb["phase"], "phase")):
             if exact:
                 assert torch.equal(x, y), f"{what}: {part} {name} differs"
             else:
@@ -105,7 +106,7 @@ def test_checkpoint_moves_between_implementations(save_impl, load_impl):
     loader = clone_model(saver)
     loader_opt = INNA(loader.parameters(), **HYPER, **impl_kwargs(load_impl))
     loader_opt.load_state_dict(saved)
-    assert all(loader_opt.state[p]["psi"].dtype == torch.float32 for p in loader.parameters())
+    assert all(loader_opt.state[p]["phase"].dtype == torch.float32 for p in loader.parameters())
     train(loader, loader_opt, range(2, 5))
     # bf16 params: the implementations may round the stored param differently by one ulp.
     if save_impl == load_impl:
@@ -114,12 +115,12 @@ def test_checkpoint_moves_between_implementations(save_impl, load_impl):
     else:
         for a, b in zip(straight.parameters(), loader.parameters()):
             torch.testing.assert_close(b, a, rtol=2e-2, atol=1e-2)
-            torch.testing.assert_close(loader_opt.state[b]["psi"], straight_opt.state[a]["psi"],
-                                       rtol=1e-2, atol=1e-2)
+            torch.testing.assert_close(loader_opt.state[b]["phase"],
+                                       straight_opt.state[a]["phase"], rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("copy_how", ["deepcopy", "pickle"])
-def test_copied_optimizer_still_keeps_float32_psi_on_load(copy_how):
+def test_copied_optimizer_still_keeps_float32_phase_on_load(copy_how):
     model = make_model(torch.bfloat16)
     opt = INNA(model.parameters(), **HYPER)
     train(model, opt, range(2))
@@ -127,7 +128,7 @@ def test_copied_optimizer_still_keeps_float32_psi_on_load(copy_how):
     copied = copy.deepcopy(opt) if copy_how == "deepcopy" else pickle.loads(pickle.dumps(opt))
     copied.load_state_dict(saved)
     for p in copied.param_groups[0]["params"]:
-        assert copied.state[p]["psi"].dtype == torch.float32
+        assert copied.state[p]["phase"].dtype == torch.float32
 
 
 class AuthorsINNA(Optimizer):
@@ -198,7 +199,8 @@ def test_loads_the_authors_state_dict_and_continues_as_their_class_would(impl):
             opt.step()
     for (name, a), b in zip(theirs.named_parameters(), ours.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14, msg=lambda m: f"{name}: {m}")
-        torch.testing.assert_close(ours_opt.state[b]["psi"], theirs_opt.state[a]["psi"],
+        ours_psi = phase_to_psi(b, ours_opt.state[b]["phase"], hyper["alpha"], hyper["beta"])
+        torch.testing.assert_close(ours_psi, theirs_opt.state[a]["psi"],
                                    rtol=1e-12, atol=1e-14, msg=lambda m: f"psi {name}: {m}")
         assert float(ours_opt.state[b]["step"]) == theirs_opt.state[a]["step"]
     assert theirs_opt.state[theirs[2].weight]["step"] == 4  # the late layer did start at step 3

@@ -84,11 +84,11 @@ def run_fsdp2(rank):
     fully_shard(model)
     opt = INNA(model.parameters(), **optimizer_kwargs())
     train(model, opt, *local_batch(rank))
-    psis = [opt.state[p]["psi"] for p in model.parameters()]
+    phases = [opt.state[p]["phase"] for p in model.parameters()]
     return dict(params=[p.full_tensor().detach() for p in model.parameters()],
                 params_are_dtensors=all(isinstance(p, DTensor) for p in model.parameters()),
-                psis_are_dtensors=all(isinstance(psi, DTensor) for psi in psis),
-                full_psis=[psi.full_tensor() for psi in psis],
+                phases_are_dtensors=all(isinstance(phase, DTensor) for phase in phases),
+                full_phases=[phase.full_tensor() for phase in phases],
                 local_numel=sum(p.to_local().numel() for p in model.parameters()))
 
 
@@ -170,9 +170,9 @@ def test_zero_redundancy_optimizer_matches_single_process(results, single_proces
 def test_fsdp2_updates_local_shards_and_matches_single_process(results, single_process):
     outcomes = check_strategy(results, single_process, "fsdp2")
     model, opt = single_process
-    assert all(o["params_are_dtensors"] and o["psis_are_dtensors"] for o in outcomes)
+    assert all(o["params_are_dtensors"] and o["phases_are_dtensors"] for o in outcomes)
     # The shards partition the params: each rank updated only its part.
     assert sum(o["local_numel"] for o in outcomes) == sum(p.numel() for p in model.parameters())
-    for i, (got, p) in enumerate(zip(outcomes[0]["full_psis"], model.parameters())):
-        torch.testing.assert_close(got, opt.state[p]["psi"], rtol=1e-10, atol=1e-12,
-                                   msg=lambda m: f"fsdp2 psi {i}: {m}")
+    for i, (got, p) in enumerate(zip(outcomes[0]["full_phases"], model.parameters())):
+        torch.testing.assert_close(got, opt.state[p]["phase"], rtol=1e-10, atol=1e-12,
+                                   msg=lambda m: f"fsdp2 phase {i}: {m}")

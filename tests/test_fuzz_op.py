@@ -47,21 +47,24 @@ def random_hyper(rng):
                 decay_power=rng.choice([0.0, 0.25, 0.5]),
                 weight_decay=rng.choice([0.0, 1e-4, 0.05]),
                 decoupled_weight_decay=rng.random() < 0.5, paper_init=rng.random() < 0.5,
-                maximize=rng.random() < 0.3)
+                maximize=rng.random() < 0.3, stochastic_rounding=rng.random() < 0.7,
+                seed=rng.randrange(-(1 << 40), 1 << 40))
 
 
-def fresh_entry(dtype, shape, rng_seed):
-    """A valid (param, grad, psi, step) with numel > 0 when the shape says so."""
+def fresh_entry(dtype, shape, rng_seed, phase_dtype=None):
+    """A valid (param, grad, phase, step) with numel > 0 when the shape says so."""
     gen = torch.Generator().manual_seed(rng_seed)
-    param, grad, psi = (torch.randn(shape, generator=gen) for _ in range(3))
-    return param.to(dtype), grad.to(dtype), psi.to(psi_dtype(dtype)), torch.tensor(1.0)
+    param, grad, phase = (torch.randn(shape, generator=gen) for _ in range(3))
+    return (param.to(dtype), grad.to(dtype), phase.to(phase_dtype or psi_dtype(dtype)),
+            torch.tensor(1.0))
 
 
 def _nonempty(case, rng, at_least=1):
     """Index of an entry with elements; adds entries so that there are `at_least` of them."""
     while len(case["params"]) < at_least or not any(p.numel() for p in case["params"]):
-        for key, t in zip(("params", "grads", "psis", "steps"),
-                          fresh_entry(case["dtype"], (5,), rng.randrange(1 << 16))):
+        for key, t in zip(("params", "grads", "phases", "steps"),
+                          fresh_entry(case["dtype"], (5,), rng.randrange(1 << 16),
+                                      case["phase_dtype"])):
             case[key].append(t)
     return rng.choice([i for i, p in enumerate(case["params"]) if p.numel()])
 
@@ -77,20 +80,20 @@ def _replace(key, make):
     return inject
 
 
-def _set_entry(case, i, param, grad, psi):
-    case["params"][i], case["grads"][i], case["psis"][i] = param, grad, psi
+def _set_entry(case, i, param, grad, phase):
+    case["params"][i], case["grads"][i], case["phases"][i] = param, grad, phase
 
 
 def _param_expanded(case, rng):
     i = _nonempty(case, rng)
-    _, grad, psi, _ = fresh_entry(case["dtype"], (4,), 0)
-    _set_entry(case, i, torch.zeros(1, dtype=case["dtype"]).expand(4), grad, psi)
+    _, grad, phase, _ = fresh_entry(case["dtype"], (4,), 0, case["phase_dtype"])
+    _set_entry(case, i, torch.zeros(1, dtype=case["dtype"]).expand(4), grad, phase)
 
 
 def _params_alias(case, rng):
     i = _nonempty(case, rng, at_least=2)
     j = _other_entry(case, i)
-    _set_entry(case, j, case["params"][i], case["grads"][i], case["psis"][i].clone())
+    _set_entry(case, j, case["params"][i], case["grads"][i], case["phases"][i].clone())
 
 
 def _step_shared(case, rng):
@@ -106,11 +109,13 @@ def _mixed_dtypes(case, rng):
 
 def _list_length(case, rng):
     _nonempty(case, rng)
-    case[rng.choice(["grads", "psis", "steps"])].pop()
+    case[rng.choice(["grads", "phases", "steps"])].pop()
 
 
 def _hyper(key, values):
     def inject(case, rng):
+        # The op returns before checking scalar arguments when the lists are empty.
+        _nonempty(case, rng)
         case["hyper"][key] = rng.choice(values)
     return inject
 
@@ -120,13 +125,13 @@ NON_FINITE = [math.nan, math.inf, -math.inf]
 DEFECTS = [
     ("grad-dtype", _replace("grads", lambda t: t.to(
         torch.float32 if t.dtype == torch.float64 else torch.float64))),
-    ("psi-dtype", _replace("psis", lambda t: t.to(torch.float16))),
+    ("phase-dtype", _replace("phases", lambda t: t.to(torch.float16))),
     ("param-int", _replace("params", lambda t: torch.zeros(t.shape, dtype=torch.int32))),
     ("param-complex", _replace("params", lambda t: torch.zeros(t.shape, dtype=torch.complex64))),
     ("grad-shape", _replace("grads", lambda t: torch.zeros(t.shape + (2,), dtype=t.dtype))),
-    ("psi-shape", _replace("psis", lambda t: torch.zeros((t.numel() + 1,), dtype=t.dtype))),
+    ("phase-shape", _replace("phases", lambda t: torch.zeros((t.numel() + 1,), dtype=t.dtype))),
     ("grad-sparse", _replace("grads", lambda t: t.to_sparse())),
-    ("psi-sparse", _replace("psis", lambda t: t.to_sparse())),
+    ("phase-sparse", _replace("phases", lambda t: t.to_sparse())),
     ("grad-meta", _replace("grads", lambda t: torch.empty_like(t, device="meta"))),
     ("step-meta", _replace("steps", lambda t: torch.empty_like(t, device="meta"))),
     ("step-int", _replace("steps", lambda t: torch.tensor(1, dtype=torch.int64))),
@@ -136,7 +141,7 @@ DEFECTS = [
     ("params-alias", _params_alias),
     ("grad-is-param", lambda case, rng: case["grads"].__setitem__(
         i := _nonempty(case, rng), case["params"][i])),
-    ("psi-is-param", lambda case, rng: case["psis"].__setitem__(
+    ("phase-is-param", lambda case, rng: case["phases"].__setitem__(
         i := _nonempty(case, rng), case["params"][i])),
     ("mixed-dtypes", _mixed_dtypes),
     ("list-length", _list_length),
@@ -157,20 +162,22 @@ def make_case(seed):
     """A valid random call, then (in about a third of the cases) one defect."""
     rng = random.Random(seed)
     dtype = rng.choice(DTYPES)
+    phase_dtype = rng.choice([psi_dtype(dtype), torch.bfloat16])  # one phase dtype per call
     gen = torch.Generator().manual_seed(seed)
-    case = dict(dtype=dtype, params=[], grads=[], psis=[], steps=[], guarded=[],
-                hyper=random_hyper(rng))
+    case = dict(dtype=dtype, phase_dtype=phase_dtype, params=[], grads=[], phases=[], steps=[],
+                guarded=[], hyper=random_hyper(rng))
     for _ in range(rng.choice([0, 1, 1, 2, 3, 5, 8, 12])):
         shape, k = random_shape(rng), rng.choice([0, 0, 1, 4])
         p = GuardedView(shape, dtype, rng.choice(LAYOUTS), gen)
         g = GuardedView(shape, dtype, rng.choice(GRAD_LAYOUTS), gen)
-        psi = GuardedView(shape, psi_dtype(dtype), rng.choice(LAYOUTS), gen)
+        phase = GuardedView(shape, phase_dtype, rng.choice(LAYOUTS), gen)
         if k == 0:
-            psi.view.fill_(math.nan)  # the first step must never read ψ
-            psi.before = psi.buffer.clone()
+            phase.view.fill_(math.nan)  # the first step must never read the phase
+            phase.before = phase.buffer.clone()
         step = torch.tensor(float(k), dtype=rng.choice([torch.float32, torch.float64]))
-        case["guarded"] += [p, g, psi]
-        for key, t in zip(("params", "grads", "psis", "steps"), (p.view, g.view, psi.view, step)):
+        case["guarded"] += [p, g, phase]
+        for key, t in zip(("params", "grads", "phases", "steps"),
+                          (p.view, g.view, phase.view, step)):
             case[key].append(t)
     if rng.random() < 0.3:
         case["hyper"]["lr"] = torch.tensor(case["hyper"]["lr"])
@@ -189,7 +196,7 @@ def call_op(case):
     op = torch.ops.inna_fused.fused_inna_
     if isinstance(hyper["lr"], torch.Tensor):
         op = op.tensor_lr
-    op(case["params"], case["psis"], case["grads"], case["steps"], **hyper)
+    op(case["params"], case["phases"], case["grads"], case["steps"], **hyper)
 
 
 def reference_result(case):
@@ -197,15 +204,15 @@ def reference_result(case):
     hyper = dict(case["hyper"])
     hyper["psi_init"] = "paper" if hyper.pop("paper_init") else "zero"
     params = [p.clone() for p in case["params"]]
-    psis = [s.clone() for s in case["psis"]]
+    phases = [s.clone() for s in case["phases"]]
     steps = [k.clone() for k in case["steps"]]
-    inna(params, [g.clone() for g in case["grads"]], psis, steps, impl="reference", **hyper)
-    return params, psis, steps
+    inna(params, [g.clone() for g in case["grads"]], phases, steps, impl="reference", **hyper)
+    return params, phases, steps
 
 
 def all_memory(case):
     """Every strided CPU tensor the call could write, and every guarded buffer, by value."""
-    tensors = [t for key in ("params", "psis", "steps") for t in case[key]
+    tensors = [t for key in ("params", "phases", "steps") for t in case[key]
                if t.layout == torch.strided and t.device.type == "cpu"]
     return tensors + [g.buffer for g in case["guarded"]]
 
@@ -222,11 +229,11 @@ def bounds_before_the_call(case):
     factor = (-1.0 if hyper["maximize"] else 1.0)
     if "grad_scale" in hyper:
         factor /= float(hyper["grad_scale"])
-    return [error_bounds(p, g, psi, float(k), lr=float(hyper["lr"]), alpha=hyper["alpha"],
+    return [error_bounds(p, g, phase, float(k), lr=float(hyper["lr"]), alpha=hyper["alpha"],
                          beta=hyper["beta"], decay_power=hyper["decay_power"],
                          weight_decay=hyper["weight_decay"],
                          psi_init="paper" if hyper["paper_init"] else "zero", grad_factor=factor)
-            for p, g, psi, k in zip(case["params"], case["grads"], case["psis"], case["steps"])]
+            for p, g, phase, k in zip(case["params"], case["grads"], case["phases"], case["steps"])]
 
 
 @contextlib.contextmanager
@@ -266,20 +273,20 @@ def run_case(seed, op_threads):
         with pytest.raises(NotImplementedError):
             call_op(case)
         return
-    expected_params, expected_psis, expected_steps = reference_result(case)
+    expected_params, expected_phases, expected_steps = reference_result(case)
     bounds = bounds_before_the_call(case)
     with threads(op_threads):
         call_op(case)
     for i, guarded in enumerate(case["guarded"]):
         assert guarded.untouched_outside(), f"seed {seed}: wrote outside view {i}"
-    for i, (p, psi, (theta_bound, psi_bound)) in enumerate(
-            zip(case["params"], case["psis"], bounds)):
+    for i, (p, phase, (theta_bound, phase_bound)) in enumerate(
+            zip(case["params"], case["phases"], bounds)):
         what = f"seed {seed} entry {i}; {describe(case)}"
         assert_matches(p, expected_params[i],
                        theta_bound + rounding_slack(expected_params[i], p.dtype),
                        f"param {what}")
         if p.numel():
-            assert_matches(psi, expected_psis[i],
-                           psi_bound + rounding_slack(expected_psis[i], psi.dtype),
-                           f"psi {what}")
+            assert_matches(phase, expected_phases[i],
+                           phase_bound + rounding_slack(expected_phases[i], phase.dtype),
+                           f"phase {what}")
         assert float(case["steps"][i]) == float(expected_steps[i]), f"step {what}"

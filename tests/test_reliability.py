@@ -3,7 +3,7 @@ determinism across thread counts, and bitwise resumption from a state_dict.
 
 Bad input is injected into the middle of a long list of mixed sizes; every entry point (the op,
 functional.inna with each implementation, the INNA class) must raise a clean ValueError/TypeError/
-RuntimeError naming the culprit and leave every param, ψ and step exactly as it was.
+RuntimeError naming the culprit and leave every param, phase and step exactly as it was.
 """
 import io
 import math
@@ -13,10 +13,10 @@ import torch
 
 from inna_fused import INNA
 from inna_fused.functional import inna
-from inna_fused.reference import inna_reference_, psi_dtype
+from inna_fused.reference import psi_dtype
 
 from conftest import DTYPE_IDS, impl_kwargs, impl_params, requires_cpu_kernel
-from reliability_helpers import assert_matches, error_bounds, rounding_slack
+from reliability_helpers import assert_matches, error_bounds, phase_step_reference, rounding_slack
 
 CHUNK = 1 << 15  # csrc/inna_cpu.cpp kChunk
 N = 50           # entries per call
@@ -39,9 +39,9 @@ def entry_shape(i):
 
 
 def make_lists(n=N, dtype_of=lambda i: torch.float32, seed=0):
-    """Params (some transposed views), grads, ψ and steps (a mix of first and later steps)."""
+    """Params (some transposed views), grads, phases and steps (a mix of first and later steps)."""
     gen = torch.Generator().manual_seed(seed)
-    params, grads, psis, steps = [], [], [], []
+    params, grads, phases, steps = [], [], [], []
     for i in range(n):
         dtype = dtype_of(i)
         shape = entry_shape(i)
@@ -53,13 +53,13 @@ def make_lists(n=N, dtype_of=lambda i: torch.float32, seed=0):
             g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
         params.append(p)
         grads.append(g)
-        psis.append(torch.randn(shape, generator=gen, dtype=torch.float64).to(psi_dtype(dtype)))
+        phases.append(torch.randn(shape, generator=gen, dtype=torch.float64).to(psi_dtype(dtype)))
         steps.append(torch.tensor(float(i % 3)))
-    return dict(params=params, grads=grads, psis=psis, steps=steps)
+    return dict(params=params, grads=grads, phases=phases, steps=steps)
 
 
 def written_tensors(lists):
-    return [t for key in ("params", "psis", "steps") for t in lists[key]
+    return [t for key in ("params", "phases", "steps") for t in lists[key]
             if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type == "cpu"]
 
 
@@ -79,13 +79,13 @@ def call_op(lists, **overrides):
     op = torch.ops.inna_fused.fused_inna_
     if isinstance(hyper["lr"], torch.Tensor):
         op = op.tensor_lr
-    op(lists["params"], lists["psis"], lists["grads"], lists["steps"], **hyper)
+    op(lists["params"], lists["phases"], lists["grads"], lists["steps"], **hyper)
 
 
 def call_functional(impl):
     def call(lists, **overrides):
         hyper = dict(FUNC_HYPER, **overrides)
-        inna(lists["params"], lists["grads"], lists["psis"], lists["steps"], impl=impl, **hyper)
+        inna(lists["params"], lists["grads"], lists["phases"], lists["steps"], impl=impl, **hyper)
     return call
 
 
@@ -126,14 +126,15 @@ BAD_TENSORS = [
     ("grad-none", _set("grads", lambda L, g: None), (TypeError, RuntimeError)),
     ("grad-aliases-its-param", _set("grads", lambda L, g: L["params"][BAD]), ValueError),
     ("grad-aliases-other-param", _set("grads", lambda L, g: L["params"][BAD + 1]), ValueError),
-    ("grad-aliases-psi", _set("grads", lambda L, g: L["psis"][BAD + 1]), ValueError),
-    ("psi-shape", _set("psis", lambda L, s: s[:-1]), ValueError),
-    ("psi-dtype", _set("psis", lambda L, s: _other_float(s)), TypeError),
-    ("psi-device", _set("psis", lambda L, s: torch.empty_like(s, device="meta")), ValueError),
-    ("psi-sparse", _set("psis", lambda L, s: s.to_sparse()), TypeError),
-    ("psi-expanded", _set("psis", lambda L, s: torch.zeros(1).expand(12)), ValueError),
-    ("psi-aliases-its-param", _set("psis", lambda L, s: L["params"][BAD]), ValueError),
-    ("psi-aliases-other-psi", _set("psis", lambda L, s: L["psis"][BAD + 1]), ValueError),
+    ("grad-aliases-phase", _set("grads", lambda L, g: L["phases"][BAD + 1]), ValueError),
+    ("phase-shape", _set("phases", lambda L, s: s[:-1]), ValueError),
+    ("phase-dtype", _set("phases", lambda L, s: _other_float(s)), TypeError),
+    ("phase-float16", _set("phases", lambda L, s: s.half()), TypeError),
+    ("phase-device", _set("phases", lambda L, s: torch.empty_like(s, device="meta")), ValueError),
+    ("phase-sparse", _set("phases", lambda L, s: s.to_sparse()), TypeError),
+    ("phase-expanded", _set("phases", lambda L, s: torch.zeros(1).expand(12)), ValueError),
+    ("phase-aliases-its-param", _set("phases", lambda L, s: L["params"][BAD]), ValueError),
+    ("phase-aliases-other-phase", _set("phases", lambda L, s: L["phases"][BAD + 1]), ValueError),
     ("step-shared", _set("steps", lambda L, k: L["steps"][BAD + 1]), ValueError),
     ("step-int", _set("steps", lambda L, k: torch.tensor(1)), TypeError),
     ("step-float16", _set("steps", lambda L, k: torch.tensor(1.0, dtype=torch.float16)),
@@ -142,7 +143,7 @@ BAD_TENSORS = [
     ("step-device", _set("steps", lambda L, k: torch.empty_like(k, device="meta")), ValueError),
     ("param-expanded", _set("params", lambda L, p: torch.zeros(1).expand(12)), ValueError),
     ("param-int", _int_param, TypeError),
-    ("param-complex-with-real-psi", _complex_param, (TypeError, ValueError)),
+    ("param-complex-with-real-phase", _complex_param, (TypeError, ValueError)),
     ("params-overlap", _overlapping_params, ValueError),
 ]
 
@@ -170,7 +171,7 @@ def test_op_rejects_mixed_param_dtypes_in_one_call():
     lists = make_lists()
     p = lists["params"][BAD]
     lists["params"][BAD], lists["grads"][BAD] = p.double(), lists["grads"][BAD].double()
-    lists["psis"][BAD] = lists["psis"][BAD].double()
+    lists["phases"][BAD] = lists["phases"][BAD].double()
     before = snapshot(lists)
     with pytest.raises(TypeError, match=rf"params\[{BAD}\]"):
         call_op(lists)
@@ -189,12 +190,12 @@ def test_unequal_list_lengths_change_nothing(call):
 
 @pytest.mark.parametrize("call", ENTRY_POINTS[1:])
 def test_empty_lists_are_a_no_op(call):
-    call(dict(params=[], grads=[], psis=[], steps=[]))
+    call(dict(params=[], grads=[], phases=[], steps=[]))
 
 
 @requires_cpu_kernel
 def test_op_with_empty_lists():
-    empty = dict(params=[], grads=[], psis=[], steps=[])
+    empty = dict(params=[], grads=[], phases=[], steps=[])
     call_op(empty, lr=torch.tensor(0.1))  # the lr tensor gives the dispatcher a device
     # With no tensor at all the dispatcher has no device to pick: a clean error, nothing to write.
     with pytest.raises(NotImplementedError, match="no tensor arguments"):
@@ -256,7 +257,7 @@ def test_bad_amp_tensor_changes_nothing(call, arg):
 # Several dtype groups in one functional call: all groups are checked before the first write
 
 MIXED_DTYPE_CASES = [c for c in BAD_TENSORS if c[0] in {
-    "grad-sparse", "grad-shape", "psi-dtype", "psi-aliases-its-param", "psi-expanded",
+    "grad-sparse", "grad-shape", "phase-dtype", "phase-aliases-its-param", "phase-expanded",
     "step-int", "step-float16", "step-shared", "param-expanded", "grad-aliases-its-param"}]
 
 
@@ -273,7 +274,7 @@ def test_bad_entry_in_either_dtype_group_changes_no_group(impl, bad_dtype, name,
     # Torch's grouping does not promise an order, so the bad entry goes in each group in turn:
     # one of the two placements puts it in the group that runs second.
     lists = make_lists(dtype_of=_dtype_alternating(bad_dtype))
-    if name in ("psi-expanded", "param-expanded"):
+    if name in ("phase-expanded", "param-expanded"):
         lists = _retype_expanded(lists, name, bad_dtype)
     else:
         mutate(lists)
@@ -284,8 +285,8 @@ def test_bad_entry_in_either_dtype_group_changes_no_group(impl, bad_dtype, name,
 
 
 def _retype_expanded(lists, name, dtype):
-    key = "psis" if name == "psi-expanded" else "params"
-    target = psi_dtype(dtype) if key == "psis" else dtype
+    key = "phases" if name == "phase-expanded" else "params"
+    target = psi_dtype(dtype) if key == "phases" else dtype
     lists[key][BAD] = torch.zeros(1, dtype=target).expand(12)
     return lists
 
@@ -311,7 +312,7 @@ def make_optimizer(impl, groups=1, dtype=torch.float32):
 def optimizer_snapshot(opt, params):
     tensors = [p.detach() for p in params]
     for p in params:
-        tensors += [opt.state[p]["psi"], opt.state[p]["step"]]
+        tensors += [opt.state[p]["phase"], opt.state[p]["step"]]
     tensors = [t for t in tensors if t.device.type == "cpu"]
     return [t.clone() for t in tensors], tensors
 
@@ -323,15 +324,17 @@ def _state(opt, params, i):
 CLASS_BAD_STATES = {
     "grad-sparse": (lambda o, P: setattr(P[BAD], "grad", P[BAD].grad.to_sparse()), TypeError),
     "grad-aliases-its-param": (lambda o, P: setattr(P[BAD], "grad", P[BAD].detach()), ValueError),
-    "psi-shape": (lambda o, P: _state(o, P, BAD).update(psi=torch.zeros(11)), ValueError),
-    "psi-dtype": (lambda o, P: _state(o, P, BAD).update(psi=torch.zeros(12, dtype=torch.float64)),
-                  TypeError),
-    "psi-device": (lambda o, P: _state(o, P, BAD).update(psi=torch.empty(12, device="meta")),
-                   ValueError),
-    "psi-aliases-its-param": (lambda o, P: _state(o, P, BAD).update(psi=P[BAD].detach()),
-                              ValueError),
-    "psi-aliases-other-psi": (lambda o, P: _state(o, P, BAD).update(
-        psi=_state(o, P, BAD + 1)["psi"]), ValueError),
+    "phase-shape": (lambda o, P: _state(o, P, BAD).update(phase=torch.zeros(11)), ValueError),
+    "phase-dtype": (lambda o, P: _state(o, P, BAD).update(
+        phase=torch.zeros(12, dtype=torch.float64)), TypeError),
+    "phase-float16": (lambda o, P: _state(o, P, BAD).update(
+        phase=torch.zeros(12, dtype=torch.float16)), TypeError),
+    "phase-device": (lambda o, P: _state(o, P, BAD).update(phase=torch.empty(12, device="meta")),
+                     ValueError),
+    "phase-aliases-its-param": (lambda o, P: _state(o, P, BAD).update(phase=P[BAD].detach()),
+                                ValueError),
+    "phase-aliases-other-phase": (lambda o, P: _state(o, P, BAD).update(
+        phase=_state(o, P, BAD + 1)["phase"]), ValueError),
     "step-shared": (lambda o, P: _state(o, P, BAD).update(step=_state(o, P, BAD + 1)["step"]),
                     ValueError),
     "step-int": (lambda o, P: _state(o, P, BAD).update(step=torch.tensor(1)), TypeError),
@@ -416,12 +419,14 @@ def _with_entry(sd, **entry):
 
 
 BAD_CHECKPOINTS = {
-    "psi-missing": (dict(psi=None), ValueError),
+    "phase-missing": (dict(phase=None), ValueError),
+    "old-format-psi-shape": (dict(phase=None, psi=torch.zeros(11)), ValueError),
+    "old-format-psi-int": (dict(phase=None, psi=torch.zeros(12, dtype=torch.int64)), TypeError),
     "step-missing": (dict(step=None), ValueError),
-    "psi-shape": (dict(psi=torch.zeros(11)), ValueError),
-    "psi-not-a-tensor": (dict(psi=[0.0] * 12), ValueError),
-    "psi-int": (dict(psi=torch.zeros(12, dtype=torch.int64)), TypeError),
-    "psi-complex-for-real-param": (dict(psi=torch.zeros(12, dtype=torch.complex64)), TypeError),
+    "phase-shape": (dict(phase=torch.zeros(11)), ValueError),
+    "phase-not-a-tensor": (dict(phase=[0.0] * 12), ValueError),
+    "phase-int": (dict(phase=torch.zeros(12, dtype=torch.int64)), TypeError),
+    "phase-complex-for-real-param": (dict(phase=torch.zeros(12, dtype=torch.complex64)), TypeError),
     "step-negative": (dict(step=torch.tensor(-1.0)), ValueError),
     "step-nan": (dict(step=float("nan")), ValueError),
     "step-fractional": (dict(step=2.5), ValueError),
@@ -444,54 +449,53 @@ def test_bad_checkpoint_fails_at_load_and_loads_nothing(name):
     assert [dict(g, params=None) for g in opt.param_groups] == groups_before
 
 
-def test_checkpoint_psi_and_step_are_converted_to_working_dtypes():
+def test_checkpoint_phase_and_step_are_converted_to_working_dtypes():
     source, _ = make_optimizer("reference")
     sd = _saved(source)
-    sd = _with_entry(sd, psi=sd["state"][BAD]["psi"].double(), step=torch.tensor(1))
+    sd = _with_entry(sd, phase=sd["state"][BAD]["phase"].double(), step=torch.tensor(1))
     opt, params = make_optimizer("reference")
     opt.load_state_dict(sd)
     state = opt.state[params[BAD]]
-    assert state["psi"].dtype == torch.float32 and state["step"].dtype == torch.float32
-    assert torch.equal(state["psi"], source.state[source.param_groups[0]["params"][BAD]]["psi"])
+    assert state["phase"].dtype == torch.float32 and state["step"].dtype == torch.float32
+    assert torch.equal(state["phase"],
+                       source.state[source.param_groups[0]["params"][BAD]]["phase"])
     opt.step()  # and it steps
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
-def test_checkpoint_keeps_psi_float32_for_16bit_params(dtype):
-    # torch.optim's load_state_dict casts state to the param's dtype; ψ must stay float32.
+def test_checkpoint_keeps_phase_float32_for_16bit_params(dtype):
+    # torch.optim's load_state_dict casts state to the param's dtype; the phase must stay float32.
     opt, params = make_optimizer("reference", dtype=dtype)
-    psis = [opt.state[p]["psi"].clone() for p in params]
+    phases = [opt.state[p]["phase"].clone() for p in params]
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
     fresh = INNA(params, **impl_kwargs("reference"))
     fresh.load_state_dict(torch.load(buffer))
-    for p, psi in zip(params, psis):
-        assert fresh.state[p]["psi"].dtype == torch.float32
-        assert torch.equal(fresh.state[p]["psi"], psi)
+    for p, phase in zip(params, phases):
+        assert fresh.state[p]["phase"].dtype == torch.float32
+        assert torch.equal(fresh.state[p]["phase"], phase)
 
 
 # ------------------------------------------------------------------------------------------------
-# NaN / Inf / denormals / huge values: as the reference does
+# NaN / Inf / denormals / huge values: as the phase-form reference step does
 
-def run_one(impl, p, g, psi, k, **hyper):
-    p, psi, step = p.clone(), psi.clone(), torch.tensor(float(k))
-    inna([p], [g.clone()], [psi], [step], impl=impl, **dict(FUNC_HYPER, **hyper))
-    return p, psi
+def run_one(impl, p, g, phase, k, **hyper):
+    p, phase, step = p.clone(), phase.clone(), torch.tensor(float(k))
+    inna([p], [g.clone()], [phase], [step], impl=impl, stochastic_rounding=False,
+         **dict(FUNC_HYPER, **hyper))
+    return p, phase
 
 
-def reference_one(p, g, psi, k, **hyper):
-    p, psi = p.clone(), psi.clone()
-    h = dict(FUNC_HYPER, **hyper)
-    inna_reference_(p, psi, g, k, lr=h["lr"], alpha=h["alpha"], beta=h["beta"],
-                    decay_power=h["decay_power"], weight_decay=h["weight_decay"])
-    return p, psi
+def reference_one(p, g, phase, k, **hyper):
+    return phase_step_reference(p, g, phase, k, **dict(FUNC_HYPER, **hyper))
 
 
 def assert_like_reference(actual, expected, inputs, dtype, what, exact_kind=True, k=0,
                           **hyper):
-    theta_bound, psi_bound = error_bounds(*inputs, k, **dict(FUNC_HYPER, **hyper))
-    for name, a, e, bound in zip(("param", "psi"), actual, expected, (theta_bound, psi_bound)):
+    theta_bound, phase_bound = error_bounds(*inputs, k, **dict(FUNC_HYPER, **hyper))
+    for name, a, e, bound in zip(("param", "phase"), actual, expected,
+                                 (theta_bound, phase_bound)):
         assert_matches(a, e, bound + rounding_slack(e, a.dtype), f"{name} {what}", exact_kind)
 
 
@@ -506,13 +510,13 @@ def test_nan_inf_in_grad_propagate_like_reference(impl, dtype, k):
     n = 70  # > one SIMD vector, with a ragged tail
     p = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
     g = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
-    psi = torch.randn(n, generator=gen, dtype=torch.float64).to(psi_dtype(dtype))
+    phase = torch.randn(n, generator=gen, dtype=torch.float64).to(psi_dtype(dtype))
     for i, bad in zip([0, 5, 31, 32, 33, 68, 69], [math.nan, math.inf, -math.inf] * 3):
         g[i] = bad
-    p[40], psi[50] = math.nan, math.inf  # non-finite state as well
-    actual = run_one(impl, p, g, psi, k)
-    expected = reference_one(p, g, psi, k)
-    assert_like_reference(actual, expected, (p, g, psi), dtype, f"{impl} {dtype}", k=k)
+    p[40], phase[50] = math.nan, math.inf  # non-finite state as well
+    actual = run_one(impl, p, g, phase, k)
+    expected = reference_one(p, g, phase, k)
+    assert_like_reference(actual, expected, (p, g, phase), dtype, f"{impl} {dtype}", k=k)
     assert torch.isnan(actual[0][0]) and not torch.isfinite(actual[0][5])  # never zeroed
 
 
@@ -534,19 +538,19 @@ HUGE = {torch.float32: 3e38, torch.bfloat16: 3e38, torch.float16: 6e4, torch.flo
 def test_huge_and_denormal_values_like_reference(impl, dtype, k):
     big = HUGE[dtype]
     sub = torch.finfo(dtype).smallest_normal / 8  # a denormal of the param dtype
-    psi_sub = torch.finfo(psi_dtype(dtype)).smallest_normal / 8
+    phase_sub = torch.finfo(psi_dtype(dtype)).smallest_normal / 8
     values = [big, -big, big / 2, -big / 3, sub, -sub, 3 * sub, 0.0, 1.0, -2.5]
     p = torch.tensor(values * 4, dtype=torch.float64)
     g = torch.tensor(values[::-1] * 4, dtype=torch.float64)
-    psi = torch.tensor(([psi_sub, -big, big * 0.95, 0.0, psi_sub, 1.0, -psi_sub, big, 2.0, 0.5]
-                        * 4), dtype=torch.float64)
-    p, g, psi = p.to(dtype), g.to(dtype), psi.to(psi_dtype(dtype))
-    actual = run_one(impl, p, g, psi, k, weight_decay=0.0)
-    expected = reference_one(p, g, psi, k, weight_decay=0.0)
+    phase = torch.tensor(([phase_sub, -big, big * 0.95, 0.0, phase_sub, 1.0, -phase_sub, big, 2.0,
+                           0.5] * 4), dtype=torch.float64)
+    p, g, phase = p.to(dtype), g.to(dtype), phase.to(psi_dtype(dtype))
+    actual = run_one(impl, p, g, phase, k, weight_decay=0.0)
+    expected = reference_one(p, g, phase, k, weight_decay=0.0)
     # An intermediate that overflows is inf in one path and inf - inf = nan in the other,
     # depending on fused multiply-adds (docs/RELIABILITY.md): where it is non-finite must match.
     exact_kind = dtype == torch.float16  # float16 values cannot overflow the float32 arithmetic
-    assert_like_reference(actual, expected, (p, g, psi), dtype, f"{impl} {dtype}", exact_kind,
+    assert_like_reference(actual, expected, (p, g, phase), dtype, f"{impl} {dtype}", exact_kind,
                           k=k, weight_decay=0.0)
     # Denormal inputs are not flushed: where the reference keeps a non-zero, so does the kernel.
     assert torch.equal(actual[0] != 0, expected[0] != 0)
@@ -561,18 +565,18 @@ DETERMINISM_SIZES = [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3, 0, 1, 5, 77] + 
 def fused_steps(dtype, threads, steps=3):
     gen = torch.Generator().manual_seed(11)
     params = [torch.randn(n, generator=gen).to(dtype) for n in DETERMINISM_SIZES]
-    psis = [torch.empty(n, dtype=psi_dtype(dtype)) for n in DETERMINISM_SIZES]
+    phases = [torch.empty(n, dtype=psi_dtype(dtype)) for n in DETERMINISM_SIZES]
     counts = [torch.zeros(()) for _ in DETERMINISM_SIZES]
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for k in range(steps):
             grads = [torch.randn(n, generator=gen).to(dtype) for n in DETERMINISM_SIZES]
-            inna(params, grads, psis, counts, impl="fused", **FUNC_HYPER,
+            inna(params, grads, phases, counts, impl="fused", **FUNC_HYPER,
                  decoupled_weight_decay=k == 1)
     finally:
         torch.set_num_threads(saved)
-    return params + psis
+    return params + phases
 
 
 @requires_cpu_kernel
@@ -627,6 +631,7 @@ def test_resumed_training_is_bitwise_identical(impl, dtype, stop):
         assert torch.equal(a.detach(), b.detach()), f"param {i} differs after resuming at {stop}"
         if b.numel() or straight_opt.state[b]:
             sa, sb = resumed_opt.state[a], straight_opt.state[b]
-            assert torch.equal(sa["psi"], sb["psi"]), f"psi {i} differs after resuming at {stop}"
-            assert sa["psi"].dtype == psi_dtype(dtype)
+            assert torch.equal(sa["phase"], sb["phase"]), (
+                f"phase {i} differs after resuming at {stop}")
+            assert sa["phase"].dtype == psi_dtype(dtype)
             assert float(sa["step"]) == float(sb["step"]) == total

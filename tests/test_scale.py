@@ -3,11 +3,12 @@
     INNA_FUSED_BIG_TEST=1 python -m pytest tests/test_scale.py -s
 
 The param and its grad (bfloat16, 4 GiB each) repeat random tables of 997 and 991 values
-(primes, so the (θ, g) pattern repeats every 988027 elements, not at a power of two); ψ (float32,
-8 GiB) is initialised by the first step and read by the second. After two fused steps the first
-period must match the reference formula, and every later period — including the one holding
-element 2^31 and the ragged tail — must equal the first bit for bit: an element updated at a
-wrapped 32-bit offset, skipped or updated twice cannot pass.
+(primes, so the (θ, g) pattern repeats every 988027 elements, not at a power of two); the phase
+(float32, 8 GiB) is initialised by the first step and read by the second. After two fused steps
+(rounding to nearest: stochastic rounding would draw different bits in every period) the first
+period must match the phase-form reference step, and every later period — including the one
+holding element 2^31 and the ragged tail — must equal the first bit for bit: an element updated at
+a wrapped 32-bit offset, skipped or updated twice cannot pass.
 """
 import os
 import resource
@@ -17,10 +18,9 @@ import pytest
 import torch
 
 from inna_fused.functional import inna
-from inna_fused.reference import inna_reference_
 
 from conftest import requires_cpu_kernel
-from reliability_helpers import assert_matches, error_bounds, rounding_slack
+from reliability_helpers import assert_matches, error_bounds, phase_step_reference, rounding_slack
 
 NUMEL = 2**31 + 2**15 + 7  # past the int32 range, with a ragged last chunk
 NEEDED_GIB = 17.5          # 16 GiB of tensors plus the interpreter and some slack
@@ -67,7 +67,7 @@ def test_bfloat16_param_past_2_to_the_31_elements():
     start = time.perf_counter()
     param, param_table = periodic(NUMEL, THETA_PERIOD, torch.bfloat16, seed=1)
     grad, grad_table = periodic(NUMEL, GRAD_PERIOD, torch.bfloat16, seed=2)
-    psi = torch.empty(NUMEL, dtype=torch.float32)  # filled by the first (k = 0) step
+    phase = torch.empty(NUMEL, dtype=torch.float32)  # filled by the first (k = 0) step
     step = torch.zeros(())
 
     # Each step is checked on the first period against the reference taken from the same state
@@ -75,23 +75,23 @@ def test_bfloat16_param_past_2_to_the_31_elements():
     index = torch.arange(PERIOD)
     theta_ref = param_table[index % THETA_PERIOD]
     grad_ref = grad_table[index % GRAD_PERIOD]
-    psi_ref = torch.empty(PERIOD, dtype=torch.float32)
+    phase_ref = torch.zeros(PERIOD, dtype=torch.float32)
     filled = time.perf_counter()
     fused_seconds = 0.0
     for k in range(2):
-        theta_bound, psi_bound = error_bounds(theta_ref, grad_ref, psi_ref, k, **HYPER)
-        inna_reference_(theta_ref, psi_ref, grad_ref, k, **HYPER)
+        theta_bound, phase_bound = error_bounds(theta_ref, grad_ref, phase_ref, k, **HYPER)
+        theta_ref, phase_ref = phase_step_reference(theta_ref, grad_ref, phase_ref, k, **HYPER)
         begin = time.perf_counter()
-        inna([param], [grad], [psi], [step], impl="fused", **HYPER)
+        inna([param], [grad], [phase], [step], impl="fused", stochastic_rounding=False, **HYPER)
         fused_seconds += time.perf_counter() - begin
         assert_matches(param[:PERIOD], theta_ref,
                        theta_bound + rounding_slack(theta_ref, torch.bfloat16), f"param, step {k}")
-        assert_matches(psi[:PERIOD], psi_ref,
-                       psi_bound + rounding_slack(psi_ref, torch.float32), f"psi, step {k}")
-        theta_ref, psi_ref = param[:PERIOD].clone(), psi[:PERIOD].clone()
+        assert_matches(phase[:PERIOD], phase_ref,
+                       phase_bound + rounding_slack(phase_ref, torch.float32), f"phase, step {k}")
+        theta_ref, phase_ref = param[:PERIOD].clone(), phase[:PERIOD].clone()
     assert float(step) == 2
     assert_every_period_equals_the_first(param, "param")
-    assert_every_period_equals_the_first(psi, "psi")
+    assert_every_period_equals_the_first(phase, "phase")
     checked = time.perf_counter()
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nnumel={NUMEL}: fill {filled - start:.1f} s, two fused steps {fused_seconds:.1f} s, "
