@@ -4,7 +4,7 @@
 
 Environment switches:
     INNA_FUSED_CUDA=1|0     force the CUDA sources on/off (default: on when a CUDA toolkit is found)
-    INNA_FUSED_SIMD=avx2|baseline   CPU SIMD level (default: avx2 when this machine has AVX2+FMA+F16C)
+    INNA_FUSED_SIMD=avx512|avx2|baseline   CPU SIMD level (default: the best this machine has)
     TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0" (needed when building without a GPU)
     INNA_FUSED_NVCC_VERBOSE=1   ptxas register/spill report per kernel (bench/gpu_check.sh)
 """
@@ -51,20 +51,27 @@ def want_cuda():
     return cpp_extension.CUDA_HOME is not None and bool(source_list("cu"))
 
 
+AVX512_FEATURES = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"}
+SIMD_FLAGS = {
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "baseline": [],
+}
+
+
 def simd_flags():
     level = os.environ.get("INNA_FUSED_SIMD")
     if level is None:
         try:
             with open("/proc/cpuinfo") as f:
-                cpu = f.read().split()
-            level = "avx2" if {"avx2", "fma", "f16c"} <= set(cpu) else "baseline"
+                cpu = set(f.read().split())
+            level = ("avx512" if AVX512_FEATURES <= cpu
+                     else "avx2" if {"avx2", "fma", "f16c"} <= cpu else "baseline")
         except OSError:
             level = "baseline"
-    if level == "avx2":
-        return ["-mavx2", "-mfma", "-mf16c"]
-    if level != "baseline":
-        raise ValueError(f"INNA_FUSED_SIMD must be 'avx2' or 'baseline', got {level!r}")
-    return []
+    if level not in SIMD_FLAGS:
+        raise ValueError(f"INNA_FUSED_SIMD must be one of {sorted(SIMD_FLAGS)}, got {level!r}")
+    return SIMD_FLAGS[level]
 
 
 def extension():

@@ -18,9 +18,14 @@
 // for any number of threads (tests/test_cpu_work_split.py splits at every offset of a block).
 
 // SIMD level: the vector types follow the flags the extension was compiled with (setup.py adds
-// -mavx2 -mfma -mf16c on machines that have them). The private namespace name keeps these
-// instantiations apart from libtorch's own.
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(CPU_CAPABILITY_AVX2)
+// -mavx512f -mavx512bw -mavx512vl -mavx512dq, or -mavx2, with -mfma -mf16c, on machines that have
+// them). The private namespace name keeps these instantiations apart from libtorch's own.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512DQ__) && defined(__FMA__) && defined(__F16C__)
+#if !defined(CPU_CAPABILITY_AVX512)
+#define CPU_CAPABILITY_AVX512
+#endif
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(CPU_CAPABILITY_AVX2)
 #define CPU_CAPABILITY_AVX2
 #endif
 #define CPU_CAPABILITY inna_fused_simd
@@ -35,7 +40,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
 #endif
 
@@ -97,13 +102,33 @@ inline void load_block(const src_t* src, int64_t count, Vectorized<opmath_t>& a,
   }
 }
 
-// random_bits(key, index + j) for j < L (inna_math.h), eight lanes at a time with AVX2.
+// random_bits(key, index + j) for j < L (inna_math.h), 8 (AVX2) or 16 (AVX-512) lanes at a time.
 template <int64_t L>
 inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
-#if defined(CPU_CAPABILITY_AVX2)
-  static_assert(L % 8 == 0);
   // The salt depends on index >> 32: constant over the block unless its low half wraps.
-  if (static_cast<uint32_t>(index) <= 0xFFFFFFFFu - L) {
+  const bool one_salt = static_cast<uint32_t>(index) <= 0xFFFFFFFFu - L;
+#if defined(CPU_CAPABILITY_AVX512)
+  static_assert(L % 16 == 0);
+  if (one_salt) {
+    const __m512i salt = _mm512_set1_epi32(static_cast<int32_t>(rounding_salt(key, index)));
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i c1 = _mm512_set1_epi32(static_cast<int32_t>(0x7FEB352Du));
+    const __m512i c2 = _mm512_set1_epi32(static_cast<int32_t>(0x846CA68Bu));
+    for (int64_t j = 0; j < L; j += 16) {
+      __m512i x = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(index + j)), lanes);
+      x = _mm512_xor_si512(x, salt);
+      x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));  // mix32, as in inna_math.h
+      x = _mm512_mullo_epi32(x, c1);
+      x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+      x = _mm512_mullo_epi32(x, c2);
+      x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+      _mm512_store_si512(bits + j, x);
+    }
+    return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  static_assert(L % 8 == 0);
+  if (one_salt) {
     const __m256i salt = _mm256_set1_epi32(static_cast<int32_t>(rounding_salt(key, index)));
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i c1 = _mm256_set1_epi32(static_cast<int32_t>(0x7FEB352Du));
@@ -121,6 +146,7 @@ inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
     return;
   }
 #endif
+  (void)one_salt;
   for (int64_t j = 0; j < L; ++j) bits[j] = random_bits(key, index + static_cast<uint64_t>(j));
 }
 
@@ -152,6 +178,51 @@ inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a
         kFull ? v.store(dst) : v.store(dst, count);
         return;
       }
+#if defined(CPU_CAPABILITY_AVX512)
+      // The AVX-512 versions of the AVX2 code below (16 lanes per vector; see there).
+      auto random16 = [&](const uint32_t* r) {
+        const __m512i rand = _mm512_load_si512(r);
+        return half == BitsHalf::kTheta ? _mm512_srli_epi32(rand, 16)
+                                        : _mm512_and_si512(rand, _mm512_set1_epi32(0xFFFF));
+      };
+      if constexpr (std::is_same_v<dst_t, c10::BFloat16>) {
+        auto round16 = [&](const Vectorized<float>& v, const uint32_t* r) {
+          const __m512 x = v;
+          __m512i out = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(x), random16(r)), 16);
+          const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+          out = _mm512_mask_mov_epi32(out, nan, _mm512_set1_epi32(0x7FC0));
+          return _mm512_cvtepi32_epi16(out);
+        };
+        alignas(64) uint16_t out[32];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out), round16(a, bits));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out + 16), round16(b, bits + 16));
+        std::memcpy(dst, out, count * sizeof(dst_t));
+        return;
+      }
+      if constexpr (std::is_same_v<dst_t, c10::Half>) {
+        auto round16 = [&](const Vectorized<float>& v, const uint32_t* r) {
+          const __m512 x = v;
+          const __m256i lo = _mm512_cvtps_ph(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+          const __m256i hi = _mm256_add_epi16(lo, _mm256_set1_epi16(1));
+          const __m512 lo_f = _mm512_cvtph_ps(lo);
+          const __m512 gap = _mm512_abs_ps(_mm512_sub_ps(_mm512_cvtph_ps(hi), lo_f));
+          const __m512 frac = _mm512_abs_ps(_mm512_sub_ps(x, lo_f));
+          const __m512 u =
+              _mm512_mul_ps(_mm512_cvtepi32_ps(random16(r)), _mm512_set1_ps(1.52587890625e-5f));
+          const __mmask16 up = _mm512_cmp_ps_mask(_mm512_mul_ps(u, gap), frac, _CMP_LT_OQ);
+          const __mmask16 big =
+              _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(65504.0f), _CMP_NLT_UQ);
+          const __m256i nearest =
+              _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          return _mm256_mask_blend_epi16(big, _mm256_mask_blend_epi16(up, lo, hi), nearest);
+        };
+        alignas(64) uint16_t out[32];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out), round16(a, bits));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out + 16), round16(b, bits + 16));
+        std::memcpy(dst, out, count * sizeof(dst_t));
+        return;
+      }
+#endif
 #if defined(CPU_CAPABILITY_AVX2)
       if constexpr (std::is_same_v<dst_t, c10::BFloat16>) {
         // round_stochastic_bf16 on 16 lanes: add the 16 random bits to the float bits and
@@ -243,7 +314,7 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
     if (!f.first_step) load_block<kFull, opmath_t>(phase + i, count, w0, w1);
     inna_update(th0, w0, g0, c, f);
     inna_update(th1, w1, g1, c, f);
-    alignas(32) uint32_t bits[L];  // the elements' random bits, when a store rounds with them
+    alignas(64) uint32_t bits[L];  // the elements' random bits, when a store rounds with them
     if (sr_theta || sr_phase) {
       block_random_bits<L>(entry.rounding_key, static_cast<uint64_t>(first + i), bits);
     }
@@ -358,7 +429,9 @@ void cpu_kernel(const InnaLists& lists, const InnaHyper& h) {
 
 // Which SIMD instruction set the CPU kernel was compiled for (reported by `python -m inna_fused info`).
 std::string cpu_simd_level() {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+  return "AVX512(F,BW,VL,DQ)+FMA+F16C";
+#elif defined(CPU_CAPABILITY_AVX2)
   return "AVX2+FMA+F16C";
 #else
   return "baseline (compiler auto-vectorisation)";
