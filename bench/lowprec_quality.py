@@ -178,17 +178,22 @@ def cnn():
     return small_cnn(1, 10)
 
 
+BASELINES = ("SGD-m", "AdamW")
+
+
 def make_baseline(name, params, lr):
     if name == "SGD-m":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    return torch.optim.AdamW(params, lr=lr)
+    if name == "AdamW":
+        return torch.optim.AdamW(params, lr=lr)
+    raise ValueError(f"unknown baseline {name!r}")
 
 
 def train_digits(build, optimizer, dtype, lr, epochs, data, seed, scale_inputs=1.0):
     """Train on the digits; returns per-epoch (train loss, test acc) curves (index 0: before)."""
     torch.manual_seed(seed)
     model = build().to(dtype)
-    if isinstance(optimizer, str):
+    if optimizer in BASELINES:
         opt = make_baseline(optimizer, model.parameters(), lr)
     else:
         opt = make_inna(model.parameters(), optimizer, lr=lr, alpha=0.5, beta=0.1)
