@@ -6,7 +6,8 @@ optimizers in bfloat16. Three small real problems (the ones that showed INNA fre
   2. the package's small CNN on scikit-learn's digits, whole model cast, batch 32, 15 epochs, lr 0.1;
   3. a 64-128-10 MLP on the digits (flattened, /16), lr 0.3, 30 epochs, batch 32.
 
-Variants of INNA: float32; bfloat16 params rounded to nearest (`stochastic_rounding=False`);
+Variants of INNA: float32; bfloat16 params with the literal eq. (12) in ψ (what 0.1 computed);
+bfloat16 params rounded to nearest (`stochastic_rounding=False`);
 bfloat16 with the defaults (stochastic rounding); bfloat16 + `state_dtype=torch.bfloat16`; and a
 Kahan-compensated bfloat16 variant (torch-optimi's approach: a bfloat16 buffer keeps what the
 rounding of θ lost), written here in plain torch to measure it, not shipped. torch's SGD(momentum
@@ -38,7 +39,30 @@ INNA_VARIANTS = {
     "bf16 default": (torch.bfloat16, {}),
     "bf16 + bf16 state": (torch.bfloat16, {"state_dtype": torch.bfloat16}),
     "bf16 Kahan": (torch.bfloat16, "kahan"),
+    "bf16 eq. (12) in ψ": (torch.bfloat16, "psi"),
 }
+
+
+class LiteralINNA(torch.optim.Optimizer):
+    """The literal eq. (12) in ψ (`inna_fused.reference`, float32 ψ and arithmetic, θ rounded to
+    nearest): what inna_fused 0.1 computed, kept here to show what the phase form changed."""
+
+    def __init__(self, params, lr=0.1, alpha=0.5, beta=0.1):
+        super().__init__(params, dict(lr=lr, alpha=alpha, beta=beta))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["psi"] = torch.empty_like(p, dtype=torch.float32)
+                    state["step"] = 0
+                inna_reference_(p, state["psi"], p.grad, state["step"], lr=group["lr"],
+                                alpha=group["alpha"], beta=group["beta"], psi_init="zero")
+                state["step"] += 1
 
 
 class KahanINNA(torch.optim.Optimizer):
@@ -72,6 +96,8 @@ class KahanINNA(torch.optim.Optimizer):
 def make_inna(params, dtype_kwargs, **hyper):
     if dtype_kwargs == "kahan":
         return KahanINNA(params, lr=hyper["lr"], alpha=hyper["alpha"], beta=hyper["beta"])
+    if dtype_kwargs == "psi":
+        return LiteralINNA(params, lr=hyper["lr"], alpha=hyper["alpha"], beta=hyper["beta"])
     return INNA(params, psi_init="zero", **hyper, **dtype_kwargs)
 
 
@@ -131,6 +157,8 @@ def problem1(steps):
         rows.append({"problem": 1, "variant": f"INNA {name}", "loss": loss})
     loss, _ = least_squares_run(torch.float16, {}, steps, data)
     rows.append({"problem": 1, "variant": "INNA fp16 default", "loss": loss})
+    loss, _ = least_squares_run(torch.float16, {"stochastic_rounding": False}, steps, data)
+    rows.append({"problem": 1, "variant": "INNA fp16 nearest", "loss": loss})
     # float32 drift from the float64 trajectory: phase form vs the literal eq. (12).
     _, phase64 = least_squares_run(torch.float64, {}, steps, data)
     _, phase32 = least_squares_run(torch.float32, {}, steps, data)
@@ -278,14 +306,16 @@ def plot(curves, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    shown = ["INNA fp32", "INNA bf16 nearest", "INNA bf16 default", "INNA bf16 + bf16 state"]
-    styles = {"INNA fp32": "k-", "INNA bf16 nearest": "C3--", "INNA bf16 default": "C0-",
-              "INNA bf16 + bf16 state": "C2:"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    shown = ["INNA fp32", "INNA bf16 eq. (12) in ψ", "INNA bf16 nearest", "INNA bf16 default",
+             "INNA bf16 + bf16 state"]
+    styles = {"INNA fp32": "k-", "INNA bf16 eq. (12) in ψ": "C1-.", "INNA bf16 nearest": "C3--",
+              "INNA bf16 default": "C0-", "INNA bf16 + bf16 state": "C2:"}
     for name in shown:
         per_epoch = curves[name]
         mean = [sum(v) / len(v) for v in per_epoch]
-        label = {"INNA bf16 nearest": "INNA bf16, round to nearest (0.1 behaviour)",
+        label = {"INNA bf16 eq. (12) in ψ": "bf16, literal eq. (12) in ψ (inna_fused 0.1)",
+                 "INNA bf16 nearest": "INNA bf16, phase form, round to nearest",
                  "INNA bf16 default": "INNA bf16, defaults (stochastic rounding)",
                  "INNA bf16 + bf16 state": "INNA bf16, state_dtype=bfloat16",
                  "INNA fp32": "INNA float32"}[name]
