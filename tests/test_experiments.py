@@ -134,6 +134,20 @@ def test_one_epoch_on_digits_reduces_training_loss(optimizer, digits):
     assert after < 0.95 * before, f"{optimizer}: training loss {before:.4f} -> {after:.4f}"
 
 
+@pytest.mark.parametrize("state_dtype", [None, "bfloat16"], ids=["state-fp32", "state-bf16"])
+def test_bfloat16_model_trains_with_inna(state_dtype, digits):
+    """`train --dtype bfloat16`: the whole model in bfloat16, INNA's defaults (stochastic
+    rounding); one epoch lowers the loss about as much as in float32."""
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        args = _train_args(dtype=dtype, state_dtype=state_dtype if dtype == "bfloat16" else None)
+        result = train.train_run("inna", train.DEFAULT_LRS["inna"], 0, digits, args,
+                                 progress=False)
+        losses[dtype] = result["train_loss"]
+    assert losses["bfloat16"][1] < 0.95 * losses["bfloat16"][0], losses
+    assert losses["bfloat16"][1] < 1.5 * losses["float32"][1], losses
+
+
 def test_same_seed_gives_same_initialisation_and_order(digits):
     args = _train_args(max_batches=5)
     first = train.train_run("inna", 0.5, 3, digits, args, progress=False)
