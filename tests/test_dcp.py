@@ -9,7 +9,8 @@ phases and step counts. Two configurations: float64 params with the default floa
 float32 params with a stochastically rounded bfloat16 phase (its rounding depends on the step,
 so a step count restored wrongly shows up as different bits).
 
-The model, data and helpers are those of tests/test_distributed.py.
+Then one plain process loads the 2-rank checkpoint (DCP reshards it) and must continue like the
+2-rank run. The model, data and helpers are those of tests/test_distributed.py.
 """
 import datetime
 import os
@@ -22,8 +23,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from inna_fused import INNA
-from test_distributed import (TIMEOUT_S, WORLD_SIZE, free_local_port, local_batch, make_model,
-                              optimizer_kwargs)
+from test_distributed import (TIMEOUT_S, WORLD_SIZE, free_local_port, global_batch, local_batch,
+                              make_model, optimizer_kwargs)
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -131,12 +132,13 @@ def results(tmp_path_factory):
             for process in context.processes:
                 process.terminate()
             pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
-            for r in range(WORLD_SIZE)]
+    return out_dir, [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
+                     for r in range(WORLD_SIZE)]
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_dcp_resume_is_bitwise_uninterrupted(results, config):
+    _, results = results
     for rank, by_config in enumerate(results):
         out = by_config[config]
         assert "error" not in out, f"rank {rank}:\n{out.get('error')}"
@@ -156,9 +158,43 @@ def test_dcp_resume_is_bitwise_uninterrupted(results, config):
 
 
 def test_ranks_agree(results):
+    _, results = results
     for config in CONFIGS:
         if any("error" in r[config] for r in results):
             pytest.skip(f"{config} failed; its own test reports why")
         for a, b in zip(results[0][config]["resumed"]["params"],
                         results[1][config]["resumed"]["params"]):
             assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_sharded_checkpoint_loads_into_one_unsharded_process(results):
+    """DCP reshards on load: the 2-rank checkpoint (written after STEPS_BEFORE steps) resumes in
+    a plain single-process model and INNA; STEPS_AFTER steps on the whole batch then give the
+    2-rank run's params (to rounding: the gradient all-reduce sums in another order)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
+                                                         get_optimizer_state_dict,
+                                                         set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    out_dir, by_rank = results
+    config = "float64"
+    if "error" in by_rank[0][config]:
+        pytest.skip(f"{config} failed; its own test reports why")
+    model = make_model()
+    opt = INNA(model.parameters(), **optimizer_kwargs())
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    dcp.load(state, checkpoint_id=os.path.join(out_dir, config))  # no process group: one process
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, opt, optim_state_dict=state["optim"])
+    assert [float(opt.state[p]["step"]) for p in model.parameters()] == [float(STEPS_BEFORE)] * 4
+    x, y = global_batch()
+    for _ in range(STEPS_AFTER):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    want = by_rank[0][config]["resumed"]
+    for i, p in enumerate(model.parameters()):
+        torch.testing.assert_close(p.detach(), want["params"][i], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(opt.state[p]["phase"], want["phases"][i], rtol=1e-10,
+                                   atol=1e-12)
