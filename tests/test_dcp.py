@@ -182,11 +182,13 @@ def test_sharded_checkpoint_loads_into_one_unsharded_process(results):
     if "error" in by_rank[0][config]:
         pytest.skip(f"{config} failed; its own test reports why")
     model = make_model()
-    opt = INNA(model.parameters(), **optimizer_kwargs())
+    # Other hyper-parameters than the run's: the checkpoint's param groups must replace them.
+    opt = INNA(model.parameters(), **dict(optimizer_kwargs(), lr=0.5, alpha=0.9))
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
     dcp.load(state, checkpoint_id=os.path.join(out_dir, config))  # no process group: one process
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, opt, optim_state_dict=state["optim"])
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["alpha"]) == (0.05, 0.5)
     assert [float(opt.state[p]["step"]) for p in model.parameters()] == [float(STEPS_BEFORE)] * 4
     x, y = global_batch()
     for _ in range(STEPS_AFTER):
