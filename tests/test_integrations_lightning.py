@@ -78,8 +78,8 @@ def test_configure_optimizers(L):
 
 
 def test_lightning_cli_optimizer_flag(L):
-    cli_module = pytest.importorskip("lightning.pytorch.cli")
     pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse[signatures]")
+    cli_module = pytest.importorskip("lightning.pytorch.cli")
     Regression, _ = module_classes(L)
     args = ["fit", "--optimizer=inna_fused.INNA"]
     args += [f"--optimizer.{k}={v}" for k, v in HYPER.items()]
