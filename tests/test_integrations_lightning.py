@@ -1,6 +1,8 @@
 """INNA in Lightning: returned by configure_optimizers, and chosen on the LightningCLI command line
 with --optimizer=inna_fused.INNA --optimizer.lr=..., as docs/INTEGRATIONS.md shows. Both must
 train exactly like a plain loop with the same INNA."""
+import sys
+
 import pytest
 import torch
 
@@ -8,6 +10,10 @@ from inna_fused import INNA
 
 HYPER = dict(lr=0.05, alpha=0.5, beta=0.1)
 STEPS = 4
+# Lightning's and jsonargparse's own deprecation notices, not about INNA.
+pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),
+              pytest.mark.filterwarnings(
+                  "ignore:(?s).*(deprecated in v4|JSONARGPARSE_DEPRECATION_WARNINGS)")]
 TRAINER_FLAGS = dict(accelerator="cpu", devices=1, max_steps=STEPS, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False)
@@ -77,7 +83,8 @@ def test_configure_optimizers(L):
     assert_same_params(model.net, plain_loop())
 
 
-def test_lightning_cli_optimizer_flag(L):
+def test_lightning_cli_optimizer_flag(L, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own flags are not the CLI's
     pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse[signatures]")
     cli_module = pytest.importorskip("lightning.pytorch.cli")
     Regression, _ = module_classes(L)
