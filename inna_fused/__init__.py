@@ -11,8 +11,10 @@ from . import conversions, functional, reference, rounding
 from ._ops import build_info, kernel_available, load_error
 from .conversions import phase_to_psi, psi_to_phase
 from .functional import inna
+from .integrations import register_timm_optimizers
 from .optimizer import INNA
 
 __version__ = "0.1.0"
 __all__ = ["INNA", "inna", "functional", "reference", "conversions", "rounding", "psi_to_phase",
-           "phase_to_psi", "kernel_available", "load_error", "build_info", "__version__"]
+           "phase_to_psi", "kernel_available", "load_error", "build_info", "__version__",
+           "register_timm_optimizers"]

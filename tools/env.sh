@@ -12,7 +12,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+# requirements-dev.txt pins torch and, in the same install, the integration packages (timm,
+# transformers, lightning, ...; tests/test_integrations_*.py): pip cannot replace torch for them.
 "$VENV/bin/python" -m pip install -q -r requirements-dev.txt
+"$VENV/bin/python" - <<'EOF'
+from importlib.metadata import PackageNotFoundError, version
+def v(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "missing (its tests skip)"
+print("integrations:", ", ".join(f"{n} {v(n)}" for n in
+      ("torch", "torchvision", "timm", "transformers", "accelerate", "lightning", "jsonargparse")))
+EOF
 
 # torch guesses CUDA_HOME from where `nvcc` sits; point it at a toolkit root with lib64/libcudart.
 if [ -z "${CUDA_HOME:-}" ]; then
