@@ -234,7 +234,7 @@ def inna(
     decay_power: float = 0.0,
     weight_decay: float = 0.0,
     decoupled_weight_decay: bool = False,
-    psi_init: str = "paper",
+    psi_init: str = "zero",
     maximize: bool = False,
     stochastic_rounding: bool = True,
     seed: int = 0,

@@ -128,7 +128,7 @@ class INNA(Optimizer):
         decaypower: float = 0.0,
         weight_decay: float = 0.0,
         *,
-        psi_init: str = "paper",
+        psi_init: str = "zero",
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: Optional[bool] = None,
