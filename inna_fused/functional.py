@@ -272,14 +272,14 @@ def inna(
         # A non-tensor entry or mismatched tensors: name the culprit rather than a torch error.
         check_tensors(params, grads, phases, steps, fused=impl == "fused")
         raise
-    # The fused op validates its own call, so one group is all-or-nothing by itself; with several
-    # groups every group is checked before the first one is written.
-    if impl != "fused" or len(groups) > 1:
-        check_tensors(params, grads, phases, steps, fused=impl == "fused")
     for device, _, _ in groups:
         if device.type == "meta":  # FakeTensors (torch.compile) report their fake device instead
             raise RuntimeError("INNA: the params are on the meta device, which holds no data: "
                                "materialise them (e.g. module.to_empty(device=...)) first")
+    # The fused op validates its own call, so one group is all-or-nothing by itself; with several
+    # groups every group is checked before the first one is written.
+    if impl != "fused" or len(groups) > 1:
+        check_tensors(params, grads, phases, steps, fused=impl == "fused")
     if impl == "fused":
         for device, _, _ in groups:
             if not _ops.kernel_available(device.type):
