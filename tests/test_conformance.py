@@ -109,7 +109,7 @@ def test_goes_right_direction(impl, config, contiguous, scheduler):
         for _ in range(20):
             loss = opt.step(closure)
             if isinstance(sched, lr_scheduler.ReduceLROnPlateau):
-                sched.step(loss)
+                sched.step(loss.item())
             elif sched is not None:
                 sched.step()
         final = loss_of(w, b, x).item()
