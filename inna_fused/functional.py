@@ -59,18 +59,19 @@ def default_phase_dtype(param_dtype: torch.dtype) -> torch.dtype:
 
 
 def check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init) -> None:
-    """Raise ValueError naming the first invalid hyper-parameter."""
+    """Raise ValueError naming the first invalid hyper-parameter (with torch.optim's words where
+    torch's optimizers check the same thing)."""
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
-            raise ValueError(f"lr as a tensor must have one element, got shape {tuple(lr.shape)}")
+            raise ValueError(f"Tensor lr must be 1-element (INNA: got shape {tuple(lr.shape)})")
         if not lr.is_floating_point():
             raise TypeError(f"lr as a tensor must be floating point, got {lr.dtype}")
         if lr.device.type == "cpu" and not torch.compiler.is_compiling():
             lr_value = float(lr)
             if not (math.isfinite(lr_value) and lr_value >= 0):
-                raise ValueError(f"Invalid lr: {lr_value} (need finite lr >= 0)")
+                raise ValueError(f"Invalid learning rate: {lr_value} (INNA needs a finite lr >= 0)")
     elif not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"Invalid lr: {lr} (need finite lr >= 0)")
+        raise ValueError(f"Invalid learning rate: {lr} (INNA needs a finite lr >= 0)")
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"Invalid alpha: {alpha} (need finite alpha > 0)")
     if not (math.isfinite(beta) and beta > 0):
@@ -78,7 +79,8 @@ def check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init) 
     if not (math.isfinite(decay_power) and decay_power >= 0):
         raise ValueError(f"Invalid decaypower: {decay_power} (need finite decaypower >= 0)")
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"Invalid weight_decay: {weight_decay} (need finite weight_decay >= 0)")
+        raise ValueError(f"Invalid weight_decay value: {weight_decay} (INNA needs a finite "
+                         "weight_decay >= 0)")
     if psi_init not in PSI_INITS:
         raise ValueError(f"Invalid psi_init: {psi_init!r} (choose one of {PSI_INITS})")
 
@@ -234,7 +236,7 @@ def inna(
     decay_power: float = 0.0,
     weight_decay: float = 0.0,
     decoupled_weight_decay: bool = False,
-    psi_init: str = "paper",
+    psi_init: str = "zero",
     maximize: bool = False,
     stochastic_rounding: bool = True,
     seed: int = 0,
@@ -270,6 +272,10 @@ def inna(
         # A non-tensor entry or mismatched tensors: name the culprit rather than a torch error.
         check_tensors(params, grads, phases, steps, fused=impl == "fused")
         raise
+    for device, _, _ in groups:
+        if device.type == "meta":  # FakeTensors (torch.compile) report their fake device instead
+            raise RuntimeError("INNA: the params are on the meta device, which holds no data: "
+                               "materialise them (e.g. module.to_empty(device=...)) first")
     # The fused op validates its own call, so one group is all-or-nothing by itself; with several
     # groups every group is checked before the first one is written.
     if impl != "fused" or len(groups) > 1:

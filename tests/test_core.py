@@ -19,12 +19,15 @@ from conftest import (DTYPE_IDS, assert_close_report, impl_kwargs, impl_params,
 
 CHUNK = 1 << 15  # csrc/inna_cpu.cpp kChunk
 HYPER_CASES = {
-    "default": dict(lr=0.05),
-    "decay": dict(lr=0.05, decaypower=0.5),
-    "coupled-wd": dict(lr=0.05, weight_decay=0.1),
-    "decoupled-wd": dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
+    "default": dict(lr=0.05),  # psi_init="zero"
+    "paper-init": dict(lr=0.05, psi_init="paper"),
+    "decay": dict(lr=0.05, decaypower=0.5, psi_init="paper"),
+    "coupled-wd": dict(lr=0.05, weight_decay=0.1, psi_init="paper"),
+    "decoupled-wd": dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True,
+                         psi_init="paper"),
     "zero-init": dict(lr=0.05, psi_init="zero", alpha=1.3, beta=0.2),
-    "maximize": dict(lr=0.05, maximize=True, decaypower=0.25),
+    "maximize": dict(lr=0.05, maximize=True, decaypower=0.25, psi_init="paper"),
+    "zero-init-decoupled-wd": dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
 }
 
 
@@ -60,7 +63,7 @@ def reference_run(init, steps=4, dtype=None, **hyper):
     hyper = dict(hyper)
     reference_hyper = dict(lr=hyper.pop("lr"), alpha=hyper.pop("alpha", 0.5),
                            beta=hyper.pop("beta", 0.1), decay_power=hyper.pop("decaypower", 0.0),
-                           **hyper)
+                           psi_init=hyper.pop("psi_init", "zero"), **hyper)  # INNA's default
     params = [p.clone().to(dtype or p.dtype) for p in init]
     psis = [torch.empty_like(p, dtype=psi_dtype(p.dtype)) for p in params]
     for k in range(steps):
@@ -104,10 +107,12 @@ def test_low_precision_error_budget(impl, dtype):
     θ and for ψ (ours implied by θ and the phase, in float64). Round to nearest: the budget is
     one run's error, not an average."""
     init = make_params([5, 1000, CHUNK + 17], dtype)
-    params, phases, _ = run_optimizer(impl, init, steps=6, lr=0.01, stochastic_rounding=False)
+    params, phases, _ = run_optimizer(impl, init, steps=6, lr=0.01, stochastic_rounding=False,
+                                      psi_init="paper")
     psis = [phase_to_psi(p, phase, 0.5, 0.1, dtype=torch.float64)
             for p, phase in zip(params, phases)]
-    truth, truth_psi = reference_run(init, steps=6, dtype=torch.float64, lr=0.01)
+    truth, truth_psi = reference_run(init, steps=6, dtype=torch.float64, lr=0.01,
+                                     psi_init="paper")
     naive, naive_psis = naive_same_dtype_run(init, 6, dtype, lr=0.01)
     eps = torch.finfo(dtype).eps
     for name, ours, exact, plain in [("param", params, truth, naive),
@@ -142,7 +147,8 @@ def test_multi_tensor_sizes(sizes, dtype):
 @pytest.mark.parametrize("impl", impl_params())
 def test_paper_init_first_step_is_sgd(impl):
     init = make_params([100], torch.float64)
-    params, _, _ = run_optimizer(impl, init, steps=1, lr=0.1, alpha=0.7, beta=0.3)
+    params, _, _ = run_optimizer(impl, init, steps=1, lr=0.1, alpha=0.7, beta=0.3,
+                                 psi_init="paper")
     g0 = grads_for(init, 0)[0]
     assert_close_report(params[0], init[0] - 0.1 * g0, atol=1e-13, rtol=0, what="θ1")
 
@@ -255,7 +261,7 @@ def test_non_contiguous_params(impl):
     expected = transposed.detach().clone()
     psi = torch.empty_like(expected)
     g = torch.randn(9, 12, dtype=torch.float64)
-    opt = INNA([transposed], lr=0.1, **impl_kwargs(impl))
+    opt = INNA([transposed], lr=0.1, psi_init="paper", **impl_kwargs(impl))
     for k in range(2):
         transposed.grad = g.clone()  # contiguous grad for a transposed param: the copy path
         opt.step()
@@ -288,7 +294,7 @@ def test_complex_params_as_real_views(impl):
     expected = torch.view_as_real(z.detach().clone())
     psi = torch.empty_like(expected)
     g = torch.randn(20, dtype=torch.complex64)
-    opt = INNA([z], lr=0.1, **impl_kwargs(impl))
+    opt = INNA([z], lr=0.1, psi_init="paper", **impl_kwargs(impl))
     for k in range(3):
         z.grad = g
         opt.step()
@@ -315,7 +321,7 @@ def test_param_groups_hyperparameters_and_closure():
     ea, eb = a.detach().clone(), b.detach().clone()
     pa, pb = torch.empty_like(ea), torch.empty_like(eb)
     opt = INNA([{"params": [a]}, {"params": [b], "lr": 0.01, "alpha": 1.3, "psi_init": "zero"}],
-               lr=0.1)
+               lr=0.1, psi_init="paper")
 
     def closure():
         opt.zero_grad()
@@ -433,8 +439,8 @@ with warnings.catch_warnings(record=True) as w:
     opt = inna_fused.INNA([p], lr=0.1)
     assert any('foreach' in str(x.message) for x in w), [str(x.message) for x in w]
 p.grad = torch.ones(3)
-opt.step()
-assert torch.allclose(p.detach(), torch.full((3,), -0.1))
+opt.step()  # psi_init="zero": θ1 = θ0 - lr·β·v0
+assert torch.allclose(p.detach(), torch.full((3,), -0.01))
 print('ok')
 """
     env = dict(os.environ, INNA_FUSED_DISABLE_NATIVE="1")

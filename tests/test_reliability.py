@@ -24,7 +24,10 @@ BAD = 25         # where the bad entry goes; BAD + 1 is its same-shaped neighbou
 CLEAN_ERRORS = (ValueError, TypeError, RuntimeError)
 OP_HYPER = dict(lr=0.1, alpha=0.5, beta=0.1, decay_power=0.25, weight_decay=0.01,
                 decoupled_weight_decay=False, paper_init=True, maximize=False)
-FUNC_HYPER = dict(lr=0.1, alpha=0.5, beta=0.1, decay_power=0.25, weight_decay=0.01)
+# psi_init="paper": at k=0 the phase is then built from the gradient (w₀ = (1 − β)v₀), so
+# non-finite and extreme gradients reach it on the first step too.
+FUNC_HYPER = dict(lr=0.1, alpha=0.5, beta=0.1, decay_power=0.25, weight_decay=0.01,
+                  psi_init="paper")
 
 
 # ------------------------------------------------------------------------------------------------

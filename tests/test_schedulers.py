@@ -60,11 +60,11 @@ SCHEDULES = {
 @pytest.mark.parametrize("impl", impl_params())
 def test_scheduler_drives_lr(impl, schedule, decaypower):
     make_sched, closed_form = SCHEDULES[schedule]
-    hyper = dict(alpha=0.5, beta=0.1, decay_power=decaypower, weight_decay=0.01)
+    hyper = dict(alpha=0.5, beta=0.1, decay_power=decaypower, weight_decay=0.01, psi_init="paper")
     lr0 = 0.1
     params = make_params()
     opt = INNA(params, lr=lr0, alpha=0.5, beta=0.1, decaypower=decaypower, weight_decay=0.01,
-               **impl_kwargs(impl))
+               psi_init="paper", **impl_kwargs(impl))
     sched = make_sched(opt)
     run_inna(params, opt, sched)
 
@@ -81,22 +81,23 @@ def test_scheduler_with_tensor_lr(impl):
     """A 0-d tensor lr (the compile-friendly form) is updated in place by the scheduler."""
     lr = torch.tensor(0.1, dtype=torch.float64)
     params = make_params()
-    opt = INNA(params, lr=lr, **impl_kwargs(impl))
+    opt = INNA(params, lr=lr, **impl_kwargs(impl))  # psi_init="zero"
     run_inna(params, opt, lr_scheduler.StepLR(opt, step_size=2, gamma=0.5))
     assert opt.param_groups[0]["lr"] is lr and float(lr) == 0.1 * 0.5 ** (STEPS // 2)
 
     expected = make_params()
     run_reference(expected, [0.1 * 0.5 ** (k // 2) for k in range(STEPS)],
-                  dict(alpha=0.5, beta=0.1))
+                  dict(alpha=0.5, beta=0.1, psi_init="zero"))
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach(), e.detach(), rtol=1e-12, atol=1e-13)
 
 
 GROUP_HYPER = [
-    dict(lr=0.05, alpha=0.5, beta=0.1, decaypower=0.0, weight_decay=0.0),
+    dict(lr=0.05, alpha=0.5, beta=0.1, decaypower=0.0, weight_decay=0.0, psi_init="paper"),
     dict(lr=0.02, alpha=1.3, beta=0.3, decaypower=0.5, weight_decay=0.1, psi_init="zero",
          decoupled_weight_decay=True),
-    dict(lr=0.01, alpha=0.2, beta=0.05, decaypower=0.25, weight_decay=0.02, maximize=True),
+    dict(lr=0.01, alpha=0.2, beta=0.05, decaypower=0.25, weight_decay=0.02, maximize=True,
+         psi_init="paper"),
 ]
 
 

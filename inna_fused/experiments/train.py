@@ -241,7 +241,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--decaypower", type=float, default=0.5,
                         help="q in γ_k = γ₀/(k+1)^q for INNA and SGD (paper: 0.5)")
-    parser.add_argument("--psi-init", choices=("paper", "zero"), default="paper")
+    # A reproduction: it keeps the paper's ψ₀ (Sec. 5.2.1), not the INNA class's default "zero".
+    parser.add_argument("--psi-init", choices=("paper", "zero"), default="paper",
+                        help="INNA's ψ₀ (default paper: the paper's Sec. 5.2.1, as in its "
+                        "Figs. 2-3; the INNA class defaults to zero)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="dtype of the whole model (params, activations, grads); the loss is "
                         "computed in float32 from the logits")

@@ -445,7 +445,9 @@ void serialize_load_continues_identically() {
 // options without state_dtype / stochastic_rounding / seed. Loading converts ψ to the phase from
 // the params' values, and training continues as eq. (12) (in ψ) does.
 void load_archive_of_psi_format() {
-  const auto options = INNAOptions(0.05).alpha(0.7).beta(0.2).decaypower(0.5).weight_decay(0.1);
+  // The archive below spells psi_init "paper" (the previous default), so the options say so too.
+  const auto options =
+      INNAOptions(0.05).alpha(0.7).beta(0.2).decaypower(0.5).weight_decay(0.1).psi_init("paper");
   torch::manual_seed(7);
   std::vector<torch::Tensor> params = {torch::randn({6}, torch::kDouble), torch::randn({3, 5}),
                                        torch::randn({4}, torch::kComplexDouble)};

@@ -48,8 +48,10 @@ namespace inna_fused {
 
 // How the state is initialised on a parameter's first step (named after the paper's ψ).
 enum class PsiInit {
-  Paper,  // ψ₀ = (1 − αβ)θ₀ − (β² − β)v₀, i.e. w₀ = (1 − β)v₀: the first step is one SGD step
-  Zero,   // ψ₀ = (1 − αβ)θ₀, i.e. w₀ = 0: the authors' PyTorch code
+  Paper,  // ψ₀ = (1 − αβ)θ₀ − (β² − β)v₀, i.e. w₀ = (1 − β)v₀ (the paper's Sec. 5.2.1): the first
+          // step is one SGD step, then that velocity −∇J(θ₀) decays at rate αγ per step and
+          // carries θ about (1 − β)/α·|∇J(θ₀)| whatever the lr
+  Zero,   // ψ₀ = (1 − αβ)θ₀, i.e. w₀ = 0: the authors' PyTorch code (the default)
 };
 
 // "paper" / "zero" (the Python spelling); throws c10::ValueError for any other name.
@@ -63,7 +65,8 @@ struct INNAOptions : public torch::optim::OptimizerCloneableOptions<INNAOptions>
   TORCH_ARG(double, beta) = 0.1;
   TORCH_ARG(double, decaypower) = 0.0;
   TORCH_ARG(double, weight_decay) = 0.0;
-  TORCH_ARG(PsiInit, psi_init) = PsiInit::Paper;
+  // Zero by default, as the Python class (Paper: see PsiInit).
+  TORCH_ARG(PsiInit, psi_init) = PsiInit::Zero;
   TORCH_ARG(bool, decoupled_weight_decay) = false;
   TORCH_ARG(bool, maximize) = false;
   // dtype of the phase state; std::nullopt (the default): float32 for float16/bfloat16/float32
