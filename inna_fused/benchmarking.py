@@ -136,14 +136,17 @@ DEFAULT_WORKLOADS = ("flat-2^16", "flat-2^18", "flat-2^20", "flat-2^22", "flat-2
 # ---------------------------------------------------------------------------------------------
 # Providers and bytes
 
-INNA_PROVIDERS = ("reference", "foreach", "fused", "fused-bf16state")
+INNA_PROVIDERS = ("reference", "foreach", "fused", "fused-bf16state", "fused-nearest")
 BASELINE_PROVIDERS = ("sgd", "adam", "adamw", "stream")
 PROVIDERS = INNA_PROVIDERS + BASELINE_PROVIDERS
+# "fused-nearest" only differs from "fused" for 16-bit params: it runs when asked for.
+DEFAULT_PROVIDERS = tuple(p for p in PROVIDERS if p != "fused-nearest")
 PROVIDER_LABELS = {
     "reference": "INNA per-param loop",
     "foreach": "INNA foreach",
     "fused": "INNA fused",
     "fused-bf16state": "INNA fused, bf16 state",
+    "fused-nearest": "INNA fused, round to nearest",
     "sgd": "torch SGD(m=0.9, fused)",
     "adam": "torch Adam(fused)",
     "adamw": "torch AdamW(fused)",
@@ -234,6 +237,8 @@ def make_optimizer(provider: str, params) -> torch.optim.Optimizer:
         return INNA(params, lr=LR, fused=True)
     if provider == "fused-bf16state":
         return INNA(params, lr=LR, fused=True, state_dtype=torch.bfloat16)
+    if provider == "fused-nearest":  # no stochastic rounding (only 16-bit stores differ)
+        return INNA(params, lr=LR, fused=True, stochastic_rounding=False)
     if provider == "sgd":
         return torch.optim.SGD(params, lr=LR, momentum=0.9, fused=True)
     if provider == "adam":

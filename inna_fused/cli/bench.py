@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: flat-2^N, flat-<numel>, resnet50, gpt2-small, "
                              "bert-base, tiny-10000, <model>-flat; 'ladder' = flat 2^16..2^26 "
                              "(default: %(default)s)")
-    parser.add_argument("--providers", default=",".join(B.PROVIDERS),
+    parser.add_argument("--providers", default=",".join(B.DEFAULT_PROVIDERS),
                         help="comma-separated subset of %(default)s")
     parser.add_argument("--repeats", type=int, default=10,
                         help="timed samples per provider and workload (default %(default)s; the "
