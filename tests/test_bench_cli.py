@@ -251,7 +251,7 @@ def test_bench_command_json_and_plot(tmp_path, capsys):
     assert env["device"] == "cpu" and env["device_name"]
     assert env["inna_fused_build"]["cpu_kernel"] == kernel_available("cpu")
     rows = result["results"]
-    assert len(rows) == 2 * 2 * len(B.PROVIDERS)
+    assert len(rows) == 2 * 2 * len(B.DEFAULT_PROVIDERS)
     assert {(r["dtype"], r["workload"]) for r in rows} == {
         (d, w) for d in ("float32", "bfloat16") for w in ("flat-2^10", "flat-2^12")}
     for row in rows:
