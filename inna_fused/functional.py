@@ -293,6 +293,27 @@ def inna(
             found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
 
 
+def step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale=None,
+                     found_inf=None) -> None:
+    """The fused op on lists that INNA.step has already found to be one plain group (one device,
+    one param dtype, one phase dtype; no DTensor, no complex) with validated hyper-parameters:
+    `kwargs` are the op's keyword arguments. The op itself checks every tensor before writing."""
+    if grad_scale is not None:
+        grad_scale = grad_scale.to(device, non_blocking=True)
+    if found_inf is not None:
+        found_inf = found_inf.to(device, non_blocking=True)
+    if isinstance(kwargs["lr"], Tensor):
+        _OP_TENSOR_LR(params, phases, grads, steps, **kwargs, grad_scale=grad_scale,
+                      found_inf=found_inf)
+    else:
+        _OP(params, phases, grads, steps, **kwargs, grad_scale=grad_scale, found_inf=found_inf)
+
+
+if _ops.load_error() is None:
+    _OP = torch.ops.inna_fused.fused_inna_.default
+    _OP_TENSOR_LR = torch.ops.inna_fused.fused_inna_.tensor_lr
+
+
 def _fused_inna(params, grads, phases, steps, *, lr, psi_init, grad_scale, found_inf, **hyper):
     kwargs = dict(hyper, paper_init=psi_init == "paper", grad_scale=grad_scale,
                   found_inf=found_inf)

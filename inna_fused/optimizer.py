@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from typing import Any, Optional, Union
 
@@ -11,7 +12,8 @@ from torch.optim.optimizer import Optimizer
 
 from . import _ops
 from .conversions import phase_to_psi, psi_to_phase
-from .functional import check_hyperparameters, check_rounding, default_phase_dtype, inna
+from .functional import (check_hyperparameters, check_rounding, default_phase_dtype, inna,
+                         step_plain_fused)
 
 __all__ = ["INNA"]
 
@@ -161,6 +163,7 @@ class INNA(Optimizer):
         check_hyperparameters(merged["lr"], merged["alpha"], merged["beta"], merged["decaypower"],
                               merged["weight_decay"], merged["psi_init"])
         check_rounding(merged["stochastic_rounding"], merged["seed"])
+        self._plan = None
         super().add_param_group(param_group)
         added = self.param_groups[-1]
         try:
@@ -171,6 +174,7 @@ class INNA(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._plan = None
         for group in self.param_groups:
             # Groups saved by the authors' class lack the newer keys; its ψ convention is "zero"
             # (it matters for params that had no gradient yet when it saved).
@@ -255,6 +259,7 @@ class INNA(Optimizer):
         """
         state_dict = self._with_storage_keys(state_dict)
         saved = self._check_saved_state(state_dict)
+        self._plan = None
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             for p in group["params"]:
@@ -357,6 +362,9 @@ class INNA(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        if self._plan is not None and not torch.compiler.is_compiling():
+            if self._step_planned(grad_scale, found_inf):
+                return loss
         # Gather every group before writing any, so that what is checked here (and the
         # implementation choice) fails before the first group moves.
         work = []
@@ -376,4 +384,113 @@ class INNA(Optimizer):
                  psi_init=group["psi_init"], maximize=group["maximize"],
                  stochastic_rounding=group["stochastic_rounding"], seed=group["seed"], impl=impl,
                  grad_scale=grad_scale, found_inf=found_inf)
+        if not torch.compiler.is_compiling():
+            self._plan = self._make_plan(work)
         return loss
+
+    # -----------------------------------------------------------------------------------------
+    # The planned step: what a full step found out (implementation, one device and dtype per
+    # group, validated hyper-parameters) is kept, so that the next steps only gather grads and
+    # state and call the op. Kept only when every param of every group has a grad, is a plain
+    # (not complex, not DTensor) tensor and the fused op serves it; dropped by add_param_group,
+    # load_state_dict and __setstate__, and rechecked every step (see _step_planned).
+
+    _plan = None
+
+    def _make_plan(self, work) -> Optional[tuple]:
+        if not work or len(work) != len(self.param_groups):
+            return None
+        plans = []
+        for (group, impl, params, _, phases, _), g in zip(work, self.param_groups):
+            if impl != "fused" or group is not g or len(params) != len(group["params"]):
+                return None
+            p0, phase0 = params[0], phases[0]
+            if type(p0) not in _PLAIN_TYPES or p0.is_complex():
+                return None
+            dtype, device, phase_dtype = p0.dtype, p0.device, phase0.dtype
+            index = p0.get_device()
+            for p, phase in zip(params, phases):
+                if (type(p) not in _PLAIN_TYPES or p.dtype is not dtype
+                        or p.get_device() != index or phase.dtype is not phase_dtype):
+                    return None
+            plans.append((group, list(group["params"]), _hyper_key(group), dtype, index,
+                          phase_dtype, device, _op_kwargs(group)))
+        return self.state, len(self.state), plans
+
+    def _step_planned(self, grad_scale, found_inf) -> bool:
+        """One step on the plan; False (nothing written) when the plan no longer fits: the caller
+        then takes the full path, which validates everything and makes a new plan."""
+        state, state_len, plans = self._plan
+        groups = self.param_groups
+        if state is not self.state or len(state) != state_len or len(plans) != len(groups):
+            return False
+        calls = []
+        for (group, params, key, dtype, index, phase_dtype, device, kwargs), g in zip(plans,
+                                                                                     groups):
+            current = g["params"]
+            if (group is not g or len(current) != len(params)
+                    or not all(map(operator.is_, current, params))
+                    or not _same_hyper(key, _hyper_key(g))):
+                return False
+            try:
+                grads = [p.grad for p in params]
+                states = [state[p] for p in params]
+                phases = [st["phase"] for st in states]
+                steps = [st["step"] for st in states]
+            except KeyError:  # a state was removed by hand
+                return False
+            if len(plans) > 1:
+                # Each op call is all-or-nothing by itself; with several groups, what the full
+                # path would handle differently (a grad gone, a dtype or device changed) has to
+                # be seen before the first group is written.
+                for p, grad, phase, k in zip(params, grads, phases, steps):
+                    if (grad is None or grad.layout is not torch.strided or p.dtype is not dtype
+                            or p.get_device() != index or phase.dtype is not phase_dtype
+                            or k.get_device() != index):
+                        return False
+            calls.append((params, grads, phases, steps, device, kwargs))
+        if len(calls) == 1:
+            params, grads, phases, steps, device, kwargs = calls[0]
+            try:
+                step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale,
+                                 found_inf)
+            except Exception:
+                # The op validates every tensor before its first write: nothing was written, and
+                # the full path will either handle the change (a grad set to None, a new dtype)
+                # or raise the error with its full message.
+                return False
+            return True
+        for params, grads, phases, steps, device, kwargs in calls:
+            step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale, found_inf)
+        return True
+
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_HYPER_KEYS = ("lr", "alpha", "beta", "decaypower", "weight_decay", "psi_init",
+               "decoupled_weight_decay", "maximize", "stochastic_rounding", "seed", "fused",
+               "foreach", "capturable", "state_dtype")
+
+
+def _hyper_key(group: dict[str, Any]) -> tuple:
+    return tuple([group.get(k) for k in _HYPER_KEYS])
+
+
+def _same_hyper(a: tuple, b: tuple) -> bool:
+    """Equal hyper-parameter tuples; a tensor (lr) matches only itself (its value is checked by
+    the op on every call)."""
+    for x, y in zip(a, b):
+        if x is y:
+            continue
+        if isinstance(x, Tensor) or isinstance(y, Tensor) or type(x) is not type(y) or x != y:
+            return False
+    return True
+
+
+def _op_kwargs(group: dict[str, Any]) -> dict[str, Any]:
+    lr = group["lr"]
+    return dict(lr=lr if isinstance(lr, Tensor) else float(lr), alpha=group["alpha"],
+                beta=group["beta"], decay_power=group["decaypower"],
+                weight_decay=group["weight_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                paper_init=group["psi_init"] == "paper", maximize=group["maximize"],
+                stochastic_rounding=group["stochastic_rounding"], seed=group["seed"])
