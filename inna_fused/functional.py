@@ -297,21 +297,29 @@ def step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale=No
                      found_inf=None) -> None:
     """The fused op on lists that INNA.step has already found to be one plain group (one device,
     one param dtype, one phase dtype; no DTensor, no complex) with validated hyper-parameters:
-    `kwargs` are the op's keyword arguments. The op itself checks every tensor before writing."""
+    `kwargs` are the op's keyword arguments. The op itself checks every tensor before writing.
+    It is called unboxed (inna_fused._C.fused_inna_direct) when every tensor is a plain one and no
+    torch function or dispatch mode is active, else through torch.ops."""
     if grad_scale is not None:
         grad_scale = grad_scale.to(device, non_blocking=True)
     if found_inf is not None:
         found_inf = found_inf.to(device, non_blocking=True)
-    if isinstance(kwargs["lr"], Tensor):
-        _OP_TENSOR_LR(params, phases, grads, steps, **kwargs, grad_scale=grad_scale,
-                      found_inf=found_inf)
-    else:
-        _OP(params, phases, grads, steps, **kwargs, grad_scale=grad_scale, found_inf=found_inf)
+    lr = kwargs["lr"]
+    if _DIRECT is not None and _DIRECT(
+            params, phases, grads, steps, lr,
+            (kwargs["alpha"], kwargs["beta"], kwargs["decay_power"], kwargs["weight_decay"],
+             kwargs["decoupled_weight_decay"], kwargs["paper_init"], kwargs["maximize"],
+             kwargs["stochastic_rounding"], kwargs["seed"]), grad_scale, found_inf):
+        return
+    op = _OP_TENSOR_LR if isinstance(lr, Tensor) else _OP
+    op(params, phases, grads, steps, **kwargs, grad_scale=grad_scale, found_inf=found_inf)
 
 
+_DIRECT = None
 if _ops.load_error() is None:
     _OP = torch.ops.inna_fused.fused_inna_.default
     _OP_TENSOR_LR = torch.ops.inna_fused.fused_inna_.tensor_lr
+    _DIRECT = getattr(_ops._C, "fused_inna_direct", None)  # absent from older builds
 
 
 def _fused_inna(params, grads, phases, steps, *, lr, psi_init, grad_scale, found_inf, **hyper):

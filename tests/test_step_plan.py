@@ -242,3 +242,97 @@ def test_planned_step_reads_grads_of_this_step():
     opt.step()
     for p, b in zip(params, before):
         assert not torch.equal(p.detach(), b)
+
+
+@pytest.mark.parametrize("scenario", [plain, grad_none_then_back, dtype_change, lr_tensor,
+                                      grad_scale, bad_grad_shape], ids=lambda f: f.__name__)
+def test_direct_call_matches_torch_ops(scenario, monkeypatch):
+    from inna_fused import functional
+    if functional._DIRECT is None:
+        pytest.skip("extension built without fused_inna_direct")
+    direct, direct_errors = run(scenario, True)
+    monkeypatch.setattr(functional, "_DIRECT", None)  # planned steps call torch.ops instead
+    boxed, boxed_errors = run(scenario, True)
+    assert direct_errors == boxed_errors
+    for a, b in zip(direct, boxed):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_direct_call_declines_under_dispatch_mode():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    params = make()
+    opt = INNA(params, lr=0.05, fused=True)
+    for k in range(2):
+        new_grads(params, k)
+        opt.step()
+    assert opt._plan is not None
+    new_grads(params, 2)
+    with Record():
+        opt.step()
+    assert any("fused_inna_" in s for s in seen)
+    assert opt.state[params[0]]["step"].item() == 3
+
+
+def test_profiler_sees_planned_steps():
+    params = make()
+    opt = INNA(params, lr=0.05, fused=True)
+    for k in range(2):
+        new_grads(params, k)
+        opt.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert any("fused_inna_" in e.name for e in prof.events())
+
+
+def test_planned_step_keeps_python_refcounts():
+    import sys
+    params = make()
+    opt = INNA(params, lr=0.05, fused=True)
+    for k in range(2):
+        new_grads(params, k)
+        opt.step()
+    before = [sys.getrefcount(p) for p in params] + [sys.getrefcount(p.grad) for p in params]
+    for _ in range(5):
+        opt.step()
+    after = [sys.getrefcount(p) for p in params] + [sys.getrefcount(p.grad) for p in params]
+    assert before == after
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+@pytest.mark.parametrize("victim", ["phases", "params", "steps"])
+def test_op_finds_a_grad_aliasing_a_written_tensor_in_any_address_order(order, victim):
+    # The op's overlap check walks grads in address order when they come sorted either way and
+    # searches otherwise; each way must find the one grad that aliases a written tensor.
+    n, bad = 40, 17
+    block = torch.randn(n, 16)
+    grads = [block[i, :8] for i in range(n)]  # ascending addresses, gaps between them
+    params = [torch.randn(8) for _ in range(n)]
+    phases = [torch.randn(8) for _ in range(n)]
+    steps = [torch.ones(()) for _ in range(n)]
+    target = {"params": params, "phases": phases, "steps": steps}[victim]
+    target[5] = block[bad, 3] if victim == "steps" else block[bad, :8]  # aliases grads[bad]
+    target[5].fill_(1.0)
+    index = list(range(n))
+    if order == "descending":
+        index = index[::-1]
+    elif order == "shuffled":
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    grads = [grads[i] for i in index]
+    at = index.index(bad)
+    before = [t.clone() for t in params + phases + steps]
+    hyper = dict(lr=0.1, alpha=0.5, beta=0.1, decay_power=0.0, weight_decay=0.0,
+                 decoupled_weight_decay=False, paper_init=True, maximize=False)
+    with pytest.raises(ValueError, match=rf"grads\[{at}\] and {victim}\[5\] overlap"):
+        torch.ops.inna_fused.fused_inna_(params, phases, grads, steps, **hyper)
+    for a, b in zip(params + phases + steps, before):
+        assert torch.equal(a, b)
+    grads[at] = torch.randn(8)
+    torch.ops.inna_fused.fused_inna_(params, phases, grads, steps, **hyper)
