@@ -14,12 +14,19 @@ on gradient identity then misses every step.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import torch
+# Measure the checkout this script lives in (after any PYTHONPATH entries, before site-packages).
+sys.path.insert(1 + len([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from inna_fused import INNA
+import torch  # noqa: E402
+
+import inna_fused  # noqa: E402
+from inna_fused import INNA  # noqa: E402
 
 
 def small_cnn_shapes() -> list[tuple[int, ...]]:
@@ -88,6 +95,7 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"inna_fused from {os.path.dirname(inna_fused.__file__)}")
     print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.steps} "
           f"interleaved steps{', fresh grads every step' if args.fresh_grads else ''}")
     print(f"{'workload':12s} {'tensors':>7s} {'params':>8s} {'INNA fused':>12s} "

@@ -402,7 +402,7 @@ class INNA(Optimizer):
             return None
         plans = []
         for (group, impl, params, _, phases, _), g in zip(work, self.param_groups):
-            if impl != "fused" or group is not g or len(params) != len(group["params"]):
+            if impl != "fused" or group is not g:
                 return None
             p0, phase0 = params[0], phases[0]
             if type(p0) not in _PLAIN_TYPES or p0.is_complex():
@@ -413,7 +413,12 @@ class INNA(Optimizer):
                 if (type(p) not in _PLAIN_TYPES or p.dtype is not dtype
                         or p.get_device() != index or phase.dtype is not phase_dtype):
                     return None
-            plans.append((group, list(group["params"]), _hyper_key(group), dtype, index,
+            everyone = list(group["params"])
+            # Params without a grad this step (frozen ones): the plan holds while they have none.
+            without_grad = [p for p in everyone if p.grad is None]
+            if len(without_grad) + len(params) != len(everyone):
+                return None
+            plans.append((group, everyone, params, without_grad, _hyper_key(group), dtype, index,
                           phase_dtype, device, _op_kwargs(group)))
         return self.state, len(self.state), plans
 
@@ -425,13 +430,17 @@ class INNA(Optimizer):
         if state is not self.state or len(state) != state_len or len(plans) != len(groups):
             return False
         calls = []
-        for (group, params, key, dtype, index, phase_dtype, device, kwargs), g in zip(plans,
-                                                                                     groups):
+        for plan, g in zip(plans, groups):
+            (group, everyone, params, without_grad, key, dtype, index, phase_dtype, device,
+             kwargs) = plan
             current = g["params"]
-            if (group is not g or len(current) != len(params)
-                    or not all(map(operator.is_, current, params))
+            if (group is not g or len(current) != len(everyone)
+                    or not all(map(operator.is_, current, everyone))
                     or not _same_hyper(key, _hyper_key(g))):
                 return False
+            for p in without_grad:
+                if p.grad is not None:
+                    return False
             try:
                 grads = [p.grad for p in params]
                 states = [state[p] for p in params]

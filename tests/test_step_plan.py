@@ -47,7 +47,7 @@ def run(scenario, planned, **kwargs):
             opt.step()
         except (ValueError, TypeError, RuntimeError) as e:
             errors.append((k, type(e)))
-        if planned and k == 1 and scenario is plain:
+        if planned and k >= 1 and scenario in (plain, frozen_param):
             assert opt._plan is not None  # the plan is in use
     return snapshot(opt, params), errors
 
@@ -72,6 +72,15 @@ def grad_none_then_back(k, opt, params):
 def grad_none_from_start(k, opt, params):
     if k < 3:
         params[2].grad = None
+
+
+def frozen_param(k, opt, params):
+    params[2].grad = None  # never has a grad: the plan holds with it left out
+
+
+def frozen_then_thawed(k, opt, params):
+    if k < 4:
+        params[0].grad = None
 
 
 def load_state(k, opt, params):
@@ -160,7 +169,7 @@ def grad_scale(k, opt, params):
     opt.found_inf = torch.tensor(1.0 if k == 3 else 0.0)
 
 
-SCENARIOS = [plain, add_group, grad_none_then_back, grad_none_from_start, load_state,
+SCENARIOS = [plain, frozen_param, frozen_then_thawed, add_group, grad_none_then_back, grad_none_from_start, load_state,
              hyper_change, psi_init_invalid, lr_tensor, dtype_change, state_entry_replaced,
              state_removed, param_replaced_in_group, bad_grad_shape, sparse_grad, grad_scale]
 
@@ -336,3 +345,24 @@ def test_op_finds_a_grad_aliasing_a_written_tensor_in_any_address_order(order, v
         assert torch.equal(a, b)
     grads[at] = torch.randn(8)
     torch.ops.inna_fused.fused_inna_(params, phases, grads, steps, **hyper)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_full_path_runs_only_when_needed(frozen, groups, monkeypatch):
+    params = make()
+    spec = [{"params": params}] if groups == 1 else [{"params": params[:2]},
+                                                     {"params": params[2:], "lr": 0.01}]
+    opt = INNA(spec, lr=0.05, fused=True)
+    full_steps = []
+    init_group = opt._init_group
+    monkeypatch.setattr(opt, "_init_group", lambda group, *a, **kw: (
+        full_steps.append(1), init_group(group, *a, **kw)))
+    for k in range(5):
+        new_grads(params, k)
+        if frozen:
+            params[3].grad = None
+        if k == 3:
+            opt.param_groups[-1]["lr"] = 0.02  # a changed hyper-parameter: one full step
+        opt.step()
+    assert len(full_steps) == 2 * groups  # steps 0 and 3
