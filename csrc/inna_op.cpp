@@ -73,9 +73,15 @@ struct Span {
 
 Span span_of(const at::Tensor& t, const char* list, int64_t index = -1) {
   auto lo = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto item = static_cast<int64_t>(t.element_size());
+  if (t.is_contiguous()) {  // the usual case: numel() elements from data_ptr()
+    return {lo, lo + static_cast<uintptr_t>(std::max<int64_t>(t.numel(), 1) * item), list, index};
+  }
+  const auto sizes = t.sizes();
+  const auto strides = t.strides();
   int64_t last = 0;
-  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
-  return {lo, lo + static_cast<uintptr_t>((last + 1) * t.element_size()), list, index};
+  for (size_t d = 0; d < sizes.size(); ++d) last += (sizes[d] - 1) * strides[d];
+  return {lo, lo + static_cast<uintptr_t>((last + 1) * item), list, index};
 }
 
 bool by_lo(const Span& a, const Span& b) { return a.lo < b.lo; }
@@ -150,7 +156,7 @@ void validate(at::TensorList params, at::TensorList phases, at::TensorList grads
   TORCH_CHECK_VALUE(phases[0].defined(), kOp, "phases[0] is an undefined tensor");
   const at::ScalarType phase_dtype = phases[0].scalar_type();
   // Written spans in three runs (params, phases, steps), each usually already in address order.
-  std::vector<Span> written, written_phases, written_steps, read;
+  std::vector<Span> written, written_phases, written_steps, read, scalars;
   written.reserve(3 * n);
   written_phases.reserve(n);
   written_steps.reserve(n);
@@ -247,7 +253,7 @@ void validate(at::TensorList params, at::TensorList phases, at::TensorList grads
   // The grads apart from the scalar arguments, so that the grads' own address order is seen.
   const size_t grads_end = read.size() - (h.lr_tensor ? 1 : 0) - (h.grad_scale ? 1 : 0) -
                            (h.found_inf ? 1 : 0);
-  std::vector<Span> scalars(read.begin() + static_cast<std::ptrdiff_t>(grads_end), read.end());
+  scalars.assign(read.begin() + static_cast<std::ptrdiff_t>(grads_end), read.end());
   read.resize(grads_end);
   check_reads_disjoint(written, read);
   check_reads_disjoint(written, scalars);
