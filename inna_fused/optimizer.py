@@ -407,8 +407,7 @@ class INNA(Optimizer):
             p0, phase0 = params[0], phases[0]
             if type(p0) not in _PLAIN_TYPES or p0.is_complex():
                 return None
-            dtype, device, phase_dtype = p0.dtype, p0.device, phase0.dtype
-            index = p0.get_device()
+            dtype, phase_dtype, index = p0.dtype, phase0.dtype, p0.get_device()
             for p, phase in zip(params, phases):
                 if (type(p) not in _PLAIN_TYPES or p.dtype is not dtype
                         or p.get_device() != index or phase.dtype is not phase_dtype):
@@ -418,8 +417,8 @@ class INNA(Optimizer):
             without_grad = [p for p in everyone if p.grad is None]
             if len(without_grad) + len(params) != len(everyone):
                 return None
-            plans.append((group, everyone, params, without_grad, _hyper_key(group), dtype, index,
-                          phase_dtype, device, _op_kwargs(group)))
+            plans.append(_GroupPlan(group, everyone, params, without_grad, dtype, phase_dtype,
+                                    index, p0.device))
         return self.state, len(self.state), plans
 
     def _step_planned(self, grad_scale, found_inf) -> bool:
@@ -429,18 +428,18 @@ class INNA(Optimizer):
         groups = self.param_groups
         if state is not self.state or len(state) != state_len or len(plans) != len(groups):
             return False
+        several = len(plans) > 1
         calls = []
         for plan, g in zip(plans, groups):
-            (group, everyone, params, without_grad, key, dtype, index, phase_dtype, device,
-             kwargs) = plan
             current = g["params"]
-            if (group is not g or len(current) != len(everyone)
-                    or not all(map(operator.is_, current, everyone))
-                    or not _same_hyper(key, _hyper_key(g))):
+            if (plan.group is not g or len(current) != len(plan.everyone)
+                    or not all(map(operator.is_, current, plan.everyone))
+                    or not plan.same_hyper(g, check_lr_value=several)):
                 return False
-            for p in without_grad:
+            for p in plan.without_grad:
                 if p.grad is not None:
                     return False
+            params = plan.params
             try:
                 grads = [p.grad for p in params]
                 states = [state[p] for p in params]
@@ -448,17 +447,18 @@ class INNA(Optimizer):
                 steps = [st["step"] for st in states]
             except KeyError:  # a state was removed by hand
                 return False
-            if len(plans) > 1:
+            if several:
                 # Each op call is all-or-nothing by itself; with several groups, what the full
                 # path would handle differently (a grad gone, a dtype or device changed) has to
                 # be seen before the first group is written.
+                dtype, phase_dtype, index = plan.dtype, plan.phase_dtype, plan.index
                 for p, grad, phase, k in zip(params, grads, phases, steps):
                     if (grad is None or grad.layout is not torch.strided or p.dtype is not dtype
                             or p.get_device() != index or phase.dtype is not phase_dtype
                             or k.get_device() != index):
                         return False
-            calls.append((params, grads, phases, steps, device, kwargs))
-        if len(calls) == 1:
+            calls.append((params, grads, phases, steps, plan.device, plan.kwargs))
+        if not several:
             params, grads, phases, steps, device, kwargs = calls[0]
             try:
                 step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale,
@@ -475,24 +475,55 @@ class INNA(Optimizer):
 
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
-_HYPER_KEYS = ("lr", "alpha", "beta", "decaypower", "weight_decay", "psi_init",
-               "decoupled_weight_decay", "maximize", "stochastic_rounding", "seed", "fused",
-               "foreach", "capturable", "state_dtype")
+# Group entries a plan depends on, lr apart (LR schedulers change it every step).
+_HYPER_KEYS = ("alpha", "beta", "decaypower", "weight_decay", "psi_init", "decoupled_weight_decay",
+               "maximize", "stochastic_rounding", "seed", "fused", "foreach", "capturable",
+               "state_dtype")
 
 
 def _hyper_key(group: dict[str, Any]) -> tuple:
     return tuple([group.get(k) for k in _HYPER_KEYS])
 
 
-def _same_hyper(a: tuple, b: tuple) -> bool:
-    """Equal hyper-parameter tuples; a tensor (lr) matches only itself (its value is checked by
-    the op on every call)."""
+def _same_values(a: tuple, b: tuple) -> bool:
     for x, y in zip(a, b):
-        if x is y:
-            continue
-        if isinstance(x, Tensor) or isinstance(y, Tensor) or type(x) is not type(y) or x != y:
+        if x is not y and (type(x) is not type(y) or isinstance(x, Tensor) or x != y):
             return False
     return True
+
+
+class _GroupPlan:
+    """What a full step found out about one param group (see INNA._make_plan)."""
+
+    __slots__ = ("group", "everyone", "params", "without_grad", "dtype", "phase_dtype", "index",
+                 "device", "key", "lr", "kwargs")
+
+    def __init__(self, group, everyone, params, without_grad, dtype, phase_dtype, index, device):
+        self.group, self.everyone, self.params = group, everyone, params
+        self.without_grad = without_grad
+        self.dtype, self.phase_dtype, self.index, self.device = dtype, phase_dtype, index, device
+        self.key = _hyper_key(group)
+        self.lr = group["lr"]
+        self.kwargs = _op_kwargs(group)
+
+    def same_hyper(self, group: dict[str, Any], check_lr_value: bool) -> bool:
+        """Whether the group's hyper-parameters are those of the plan (validated when it was
+        made). A new float lr (an LR scheduler's) is validated here and taken over; a tensor lr
+        must be the same tensor (the op checks its value on every call; with several groups it
+        is checked here, before the first group is written)."""
+        if not _same_values(self.key, _hyper_key(group)):
+            return False
+        lr = group["lr"]
+        if lr is not self.lr:
+            if type(lr) not in (float, int) or not (math.isfinite(lr) and lr >= 0):
+                return False  # a tensor in place of a number, or an invalid value
+            self.lr = lr
+            self.kwargs = {**self.kwargs, "lr": float(lr)}
+        elif check_lr_value and isinstance(lr, Tensor) and lr.device.type == "cpu":
+            value = float(lr)
+            if not (math.isfinite(value) and value >= 0):
+                return False
+        return True
 
 
 def _op_kwargs(group: dict[str, Any]) -> dict[str, Any]:

@@ -122,6 +122,14 @@ def lr_tensor(k, opt, params):
         opt.param_groups[0]["lr"].fill_(float("nan"))
 
 
+def lr_schedule(k, opt, params):
+    opt.param_groups[0]["lr"] = 0.05 / (k + 1)  # a new float every step: the plan takes it over
+    if k == 2:
+        opt.param_groups[0]["lr"] = 3  # an int
+    if k == 4:
+        opt.param_groups[0]["lr"] = float("nan")  # invalid: raises, nothing moves
+
+
 def dtype_change(k, opt, params):
     if k == 2:
         params[0].data = params[0].data.to(torch.bfloat16)
@@ -170,7 +178,7 @@ def grad_scale(k, opt, params):
 
 
 SCENARIOS = [plain, frozen_param, frozen_then_thawed, add_group, grad_none_then_back, grad_none_from_start, load_state,
-             hyper_change, psi_init_invalid, lr_tensor, dtype_change, state_entry_replaced,
+             hyper_change, psi_init_invalid, lr_tensor, lr_schedule, dtype_change, state_entry_replaced,
              state_removed, param_replaced_in_group, bad_grad_shape, sparse_grad, grad_scale]
 
 
@@ -189,7 +197,8 @@ def two_groups(k, opt, params):
     pass
 
 
-@pytest.mark.parametrize("change", ["none", "grad_none", "dtype", "sparse", "bad_beta"])
+@pytest.mark.parametrize("change", ["none", "grad_none", "dtype", "sparse", "bad_beta",
+                                    "nan_lr_tensor", "lr_schedule"])
 def test_two_groups(change):
     def go(planned):
         params = make()
@@ -210,6 +219,14 @@ def test_two_groups(change):
                     params[3].grad = params[3].grad.to_sparse()
                 elif change == "bad_beta":
                     opt.param_groups[1]["beta"] = 0.0
+                elif change == "nan_lr_tensor":
+                    opt.param_groups[1]["lr"].fill_(float("nan"))
+            if change == "nan_lr_tensor" and k == 1:
+                opt.param_groups[1]["lr"] = torch.tensor(0.01)
+            if change == "nan_lr_tensor" and k == 3:
+                opt.param_groups[1]["lr"].fill_(0.01)
+            if change == "lr_schedule":
+                opt.param_groups[0]["lr"] = 0.05 * 0.9 ** k
             try:
                 opt.step()
             except (ValueError, TypeError, RuntimeError) as e:
@@ -362,7 +379,8 @@ def test_full_path_runs_only_when_needed(frozen, groups, monkeypatch):
         new_grads(params, k)
         if frozen:
             params[3].grad = None
+        opt.param_groups[0]["lr"] = 0.05 / (k + 1)  # an LR schedule: no full step
         if k == 3:
-            opt.param_groups[-1]["lr"] = 0.02  # a changed hyper-parameter: one full step
+            opt.param_groups[-1]["alpha"] = 0.6  # a changed hyper-parameter: one full step
         opt.step()
     assert len(full_steps) == 2 * groups  # steps 0 and 3
