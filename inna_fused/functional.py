@@ -325,6 +325,16 @@ if _ops.load_error() is None:
 def _fused_inna(params, grads, phases, steps, *, lr, psi_init, grad_scale, found_inf, **hyper):
     kwargs = dict(hyper, paper_init=psi_init == "paper", grad_scale=grad_scale,
                   found_inf=found_inf)
+    # Unboxed when eager, under no_grad (as in INNA.step) and on plain tensor lists; else torch.ops.
+    # The op borrows the lists' tensors with the GIL released: it gets its own lists.
+    if (_DIRECT is not None and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and _DIRECT(
+                list(params), list(phases), list(grads), list(steps),
+                lr if isinstance(lr, Tensor) else float(lr),
+                (hyper["alpha"], hyper["beta"], hyper["decay_power"], hyper["weight_decay"],
+                 hyper["decoupled_weight_decay"], kwargs["paper_init"], hyper["maximize"],
+                 hyper["stochastic_rounding"], hyper["seed"]), grad_scale, found_inf)):
+        return
     if isinstance(lr, Tensor):
         torch.ops.inna_fused.fused_inna_.tensor_lr(params, phases, grads, steps, lr=lr, **kwargs)
     else:

@@ -384,3 +384,24 @@ def test_full_path_runs_only_when_needed(frozen, groups, monkeypatch):
             opt.param_groups[-1]["alpha"] = 0.6  # a changed hyper-parameter: one full step
         opt.step()
     assert len(full_steps) == 2 * groups  # steps 0 and 3
+
+
+@pytest.mark.parametrize("lr", [0.05, "tensor"])
+def test_functional_unboxed_under_no_grad_matches_torch_ops(lr):
+    from inna_fused.functional import inna
+
+    def go(no_grad):
+        params = [p.detach() for p in make()]
+        grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i))
+                 for i, p in enumerate(params)]
+        phases = [torch.empty_like(p) for p in params]
+        steps = [torch.zeros(()) for _ in params]
+        rate = torch.tensor(0.05) if lr == "tensor" else lr
+        for _ in range(3):
+            with torch.set_grad_enabled(not no_grad):
+                inna(params, grads, phases, steps, lr=rate, alpha=0.5, beta=0.1,
+                     weight_decay=0.01, seed=3)
+        return params + phases + steps
+
+    for a, b in zip(go(True), go(False)):
+        assert torch.equal(a, b)
