@@ -391,9 +391,11 @@ class INNA(Optimizer):
     # -----------------------------------------------------------------------------------------
     # The planned step: what a full step found out (implementation, one device and dtype per
     # group, validated hyper-parameters) is kept, so that the next steps only gather grads and
-    # state and call the op. Kept only when every param of every group has a grad, is a plain
-    # (not complex, not DTensor) tensor and the fused op serves it; dropped by add_param_group,
-    # load_state_dict and __setstate__, and rechecked every step (see _step_planned).
+    # state and call the op. Made only when every group runs fused on plain (not complex, not
+    # DTensor) tensors of one device, param dtype and phase dtype, and has params with grads
+    # (those without one are remembered); dropped by add_param_group, load_state_dict and
+    # __setstate__, and rechecked every step (see _step_planned; bench/NOTES.md lists what
+    # drops it).
 
     _plan = None
 
