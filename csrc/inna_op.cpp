@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <initializer_list>
+#include <iterator>
 #include <cmath>
 #include <string>
 
@@ -71,26 +73,71 @@ struct Span {
 
 Span span_of(const at::Tensor& t, const char* list, int64_t index = -1) {
   auto lo = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto item = static_cast<int64_t>(t.element_size());
+  if (t.is_contiguous()) {  // the usual case: numel() elements from data_ptr()
+    return {lo, lo + static_cast<uintptr_t>(std::max<int64_t>(t.numel(), 1) * item), list, index};
+  }
+  const auto sizes = t.sizes();
+  const auto strides = t.strides();
   int64_t last = 0;
-  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
-  return {lo, lo + static_cast<uintptr_t>((last + 1) * t.element_size()), list, index};
+  for (size_t d = 0; d < sizes.size(); ++d) last += (sizes[d] - 1) * strides[d];
+  return {lo, lo + static_cast<uintptr_t>((last + 1) * item), list, index};
+}
+
+bool by_lo(const Span& a, const Span& b) { return a.lo < b.lo; }
+
+// Sort spans by start address. `v` is a concatenation of runs (one per list, ending at
+// run_ends); each run is sorted on its own, which is a linear check in the usual case (a list's
+// tensors are allocated one after another), and the runs are merged in linear time. On lists of
+// thousands of tensors a plain sort of all spans cost more than the rest of the validation.
+void sort_runs(std::vector<Span>& v, std::initializer_list<size_t> run_ends) {
+  size_t start = 0;
+  for (size_t end : run_ends) {
+    const auto b = v.begin() + static_cast<std::ptrdiff_t>(start);
+    const auto e = v.begin() + static_cast<std::ptrdiff_t>(end);
+    if (!std::is_sorted(b, e, by_lo)) std::sort(b, e, by_lo);
+    if (start > 0) std::inplace_merge(v.begin(), b, e, by_lo);
+    start = end;
+  }
 }
 
 // Tensors written by the call must not share memory with each other or with any tensor read by
-// it; read-only tensors (grads, scalars) may share memory among themselves.
-void check_no_overlap(std::vector<Span> written, const std::vector<Span>& read) {
-  std::sort(written.begin(), written.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
+// it; read-only tensors (grads, scalars) may share memory among themselves. `written` is sorted
+// by start address (sort_runs).
+void check_written_disjoint(const std::vector<Span>& written) {
   for (size_t i = 1; i < written.size(); ++i) {
     TORCH_CHECK_VALUE(written[i].lo >= written[i - 1].hi, kOp, written[i - 1].who(), " and ",
                       written[i].who(), " overlap in memory; every param, phase and step of a call ",
                       "must own its memory");
   }
-  for (const auto& r : read) {
-    // First written span whose end lies beyond r.lo; it is the only candidate for an overlap.
-    auto it = std::upper_bound(written.begin(), written.end(), r.lo,
-                               [](uintptr_t x, const Span& s) { return x < s.hi; });
+}
+
+void check_reads_disjoint(const std::vector<Span>& written, const std::vector<Span>& read) {
+  // Written spans are disjoint and sorted, so their ends are sorted too: the first one ending
+  // beyond r.lo is the only candidate for an overlap with r. Reads in ascending or descending
+  // address order (grads allocated in param order, or in reverse by backward) find it by moving
+  // one cursor; any other order by binary search.
+  auto first_beyond = [&](uintptr_t lo) {
+    return std::upper_bound(written.begin(), written.end(), lo,
+                            [](uintptr_t x, const Span& s) { return x < s.hi; });
+  };
+  auto check = [&](const Span& r, std::vector<Span>::const_iterator it) {
     TORCH_CHECK_VALUE(it == written.end() || it->lo >= r.hi, kOp, r.who(), " and ", it->who(),
                       " overlap in memory; a tensor the step reads must not alias one it writes");
+  };
+  auto sweep = [&](auto r, auto end) {  // reads in ascending address order
+    auto it = written.begin();
+    for (; r != end; ++r) {
+      while (it != written.end() && it->hi <= r->lo) ++it;
+      check(*r, it);
+    }
+  };
+  if (std::is_sorted(read.begin(), read.end(), by_lo)) {
+    sweep(read.begin(), read.end());
+  } else if (std::is_sorted(read.rbegin(), read.rend(), by_lo)) {
+    sweep(read.rbegin(), read.rend());
+  } else {
+    for (const auto& r : read) check(r, first_beyond(r.lo));
   }
 }
 
@@ -108,8 +155,11 @@ void validate(at::TensorList params, at::TensorList phases, at::TensorList grads
   const at::ScalarType dtype = params[0].scalar_type();
   TORCH_CHECK_VALUE(phases[0].defined(), kOp, "phases[0] is an undefined tensor");
   const at::ScalarType phase_dtype = phases[0].scalar_type();
-  std::vector<Span> written, read;
+  // Written spans in three runs (params, phases, steps), each usually already in address order.
+  std::vector<Span> written, written_phases, written_steps, read, scalars;
   written.reserve(3 * n);
+  written_phases.reserve(n);
+  written_steps.reserve(n);
   read.reserve(n + 3);
 
   for (size_t i = 0; i < n; ++i) {
@@ -171,10 +221,10 @@ void validate(at::TensorList params, at::TensorList phases, at::TensorList grads
       TORCH_CHECK_VALUE(at::has_internal_overlap(phase) != at::MemOverlap::Yes, kOp,
                         name("phases", i), " has internally overlapping memory");
       written.push_back(span_of(p, "params", i));
-      written.push_back(span_of(phase, "phases", i));
+      written_phases.push_back(span_of(phase, "phases", i));
       read.push_back(span_of(g, "grads", i));
     }
-    written.push_back(span_of(step, "steps", i));
+    written_steps.push_back(span_of(step, "steps", i));
   }
 
   if (h.lr_tensor) {
@@ -194,7 +244,19 @@ void validate(at::TensorList params, at::TensorList phases, at::TensorList grads
     check_scalar_tensor(*h.found_inf, "found_inf", device, /*cpu_allowed=*/false);
     read.push_back(span_of(*h.found_inf, "found_inf"));
   }
-  check_no_overlap(std::move(written), read);
+  const size_t params_end = written.size();
+  written.insert(written.end(), written_phases.begin(), written_phases.end());
+  const size_t phases_end = written.size();
+  written.insert(written.end(), written_steps.begin(), written_steps.end());
+  sort_runs(written, {params_end, phases_end, written.size()});
+  check_written_disjoint(written);
+  // The grads apart from the scalar arguments, so that the grads' own address order is seen.
+  const size_t grads_end = read.size() - (h.lr_tensor ? 1 : 0) - (h.grad_scale ? 1 : 0) -
+                           (h.found_inf ? 1 : 0);
+  scalars.assign(read.begin() + static_cast<std::ptrdiff_t>(grads_end), read.end());
+  read.resize(grads_end);
+  check_reads_disjoint(written, read);
+  check_reads_disjoint(written, scalars);
 }
 
 // Param, grad and phase can be walked as three flat arrays when the param is dense and
@@ -212,23 +274,44 @@ void run_fused_inna(at::TensorList params, at::TensorList phases, at::TensorList
   const size_t n = params.size();
   if (n == 0) return;
 
+  // The lists hold borrowed tensors (no reference count taken or dropped per entry: the
+  // caller's lists keep them alive for the call), except the contiguous copies.
   InnaLists lists;
+  std::vector<size_t> copied;  // entries whose layouts differ: run on copies, written back
+  struct ReleaseBorrows {
+    InnaLists& lists;
+    const std::vector<size_t>& copied;
+    ~ReleaseBorrows() {
+      using Traits = c10::MaybeOwnedTraits<at::Tensor>;
+      auto c = copied.begin();
+      for (size_t i = 0; i < lists.params.size(); ++i) {
+        if (c != copied.end() && *c == i) {
+          ++c;  // owned copies are released by the vectors
+        } else {
+          Traits::destroyBorrow(lists.params[i]);
+          Traits::destroyBorrow(lists.phases[i]);
+          Traits::destroyBorrow(lists.grads[i]);
+        }
+      }
+      for (auto& step : lists.steps) Traits::destroyBorrow(step);
+    }
+  } release{lists, copied};
+  using Traits = c10::MaybeOwnedTraits<at::Tensor>;
   lists.params.reserve(n);
   lists.phases.reserve(n);
   lists.grads.reserve(n);
-  lists.steps.assign(steps.begin(), steps.end());
-  // Entries whose layouts differ run on contiguous copies that are written back afterwards.
-  std::vector<size_t> copied;
+  lists.steps.reserve(n);
+  for (size_t i = 0; i < n; ++i) lists.steps.push_back(Traits::createBorrow(steps[i]));
   for (size_t i = 0; i < n; ++i) {
     if (params[i].numel() == 0 || flat_walkable(params[i], grads[i], phases[i])) {
-      lists.params.push_back(params[i]);
-      lists.phases.push_back(phases[i]);
-      lists.grads.push_back(grads[i]);
+      lists.params.push_back(Traits::createBorrow(params[i]));
+      lists.phases.push_back(Traits::createBorrow(phases[i]));
+      lists.grads.push_back(Traits::createBorrow(grads[i]));
     } else {
+      copied.push_back(i);  // before the copies: if one throws, entry i holds no borrow
       lists.params.push_back(params[i].contiguous());
       lists.phases.push_back(phases[i].contiguous());
       lists.grads.push_back(grads[i].contiguous());
-      copied.push_back(i);
     }
   }
   kernel(lists, hyper);

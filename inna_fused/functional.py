@@ -299,9 +299,48 @@ def inna(
             found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
 
 
+def step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale=None,
+                     found_inf=None) -> None:
+    """The fused op on lists that INNA.step has already found to be one plain group (one device,
+    one param dtype, one phase dtype; no DTensor, no complex) with validated hyper-parameters:
+    `kwargs` are the op's keyword arguments. The op itself checks every tensor before writing.
+    It is called unboxed (inna_fused._C.fused_inna_direct) when every tensor is a plain one and no
+    torch function or dispatch mode is active, else through torch.ops."""
+    if grad_scale is not None:
+        grad_scale = grad_scale.to(device, non_blocking=True)
+    if found_inf is not None:
+        found_inf = found_inf.to(device, non_blocking=True)
+    lr = kwargs["lr"]
+    if _DIRECT is not None and _DIRECT(
+            params, phases, grads, steps, lr,
+            (kwargs["alpha"], kwargs["beta"], kwargs["decay_power"], kwargs["weight_decay"],
+             kwargs["decoupled_weight_decay"], kwargs["paper_init"], kwargs["maximize"],
+             kwargs["stochastic_rounding"], kwargs["seed"]), grad_scale, found_inf):
+        return
+    op = _OP_TENSOR_LR if isinstance(lr, Tensor) else _OP
+    op(params, phases, grads, steps, **kwargs, grad_scale=grad_scale, found_inf=found_inf)
+
+
+_DIRECT = None
+if _ops.load_error() is None:
+    _OP = torch.ops.inna_fused.fused_inna_.default
+    _OP_TENSOR_LR = torch.ops.inna_fused.fused_inna_.tensor_lr
+    _DIRECT = getattr(_ops._C, "fused_inna_direct", None)  # absent from older builds
+
+
 def _fused_inna(params, grads, phases, steps, *, lr, psi_init, grad_scale, found_inf, **hyper):
     kwargs = dict(hyper, paper_init=psi_init == "paper", grad_scale=grad_scale,
                   found_inf=found_inf)
+    # Unboxed when eager, under no_grad (as in INNA.step) and on plain tensor lists; else torch.ops.
+    # The op borrows the lists' tensors with the GIL released: it gets its own lists.
+    if (_DIRECT is not None and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and _DIRECT(
+                list(params), list(phases), list(grads), list(steps),
+                lr if isinstance(lr, Tensor) else float(lr),
+                (hyper["alpha"], hyper["beta"], hyper["decay_power"], hyper["weight_decay"],
+                 hyper["decoupled_weight_decay"], kwargs["paper_init"], hyper["maximize"],
+                 hyper["stochastic_rounding"], hyper["seed"]), grad_scale, found_inf)):
+        return
     if isinstance(lr, Tensor):
         torch.ops.inna_fused.fused_inna_.tensor_lr(params, phases, grads, steps, lr=lr, **kwargs)
     else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from typing import Any, Optional, Union
 
@@ -11,7 +12,8 @@ from torch.optim.optimizer import Optimizer
 
 from . import _ops
 from .conversions import phase_to_psi, psi_to_phase
-from .functional import check_hyperparameters, check_rounding, default_phase_dtype, inna
+from .functional import (check_hyperparameters, check_rounding, default_phase_dtype, inna,
+                         step_plain_fused)
 
 __all__ = ["INNA"]
 
@@ -195,6 +197,7 @@ class INNA(Optimizer):
         check_hyperparameters(merged["lr"], merged["alpha"], merged["beta"], merged["decaypower"],
                               merged["weight_decay"], merged["psi_init"])
         check_rounding(merged["stochastic_rounding"], merged["seed"])
+        self._plan = None
         super().add_param_group(param_group)
         added = self.param_groups[-1]
         try:
@@ -208,6 +211,7 @@ class INNA(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._plan = None
         for group in self.param_groups:
             # Groups saved by the authors' class lack the newer keys; its ψ convention is "zero"
             # (it matters for params that had no gradient yet when it saved).
@@ -307,6 +311,7 @@ class INNA(Optimizer):
         """
         state_dict = self._with_storage_keys(state_dict)
         saved = self._check_saved_state(state_dict)
+        self._plan = None
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             for p in group["params"]:
@@ -409,6 +414,9 @@ class INNA(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        if self._plan is not None and not torch.compiler.is_compiling():
+            if self._step_planned(grad_scale, found_inf):
+                return loss
         # Gather every group before writing any, so that what is checked here (and the
         # implementation choice) fails before the first group moves.
         work = []
@@ -428,4 +436,155 @@ class INNA(Optimizer):
                  psi_init=group["psi_init"], maximize=group["maximize"],
                  stochastic_rounding=group["stochastic_rounding"], seed=group["seed"], impl=impl,
                  grad_scale=grad_scale, found_inf=found_inf)
+        if not torch.compiler.is_compiling():
+            self._plan = self._make_plan(work)
         return loss
+
+    # -----------------------------------------------------------------------------------------
+    # The planned step: what a full step found out (implementation, one device and dtype per
+    # group, validated hyper-parameters) is kept, so that the next steps only gather grads and
+    # state and call the op. Made only when every group runs fused on plain (not complex, not
+    # DTensor) tensors of one device, param dtype and phase dtype, and has params with grads
+    # (those without one are remembered); dropped by add_param_group, load_state_dict and
+    # __setstate__, and rechecked every step (see _step_planned; bench/NOTES.md lists what
+    # drops it).
+
+    _plan = None
+
+    def _make_plan(self, work) -> Optional[tuple]:
+        if not work or len(work) != len(self.param_groups):
+            return None
+        plans = []
+        for (group, impl, params, _, phases, _), g in zip(work, self.param_groups):
+            if impl != "fused" or group is not g:
+                return None
+            p0, phase0 = params[0], phases[0]
+            if type(p0) not in _PLAIN_TYPES or p0.is_complex():
+                return None
+            dtype, phase_dtype, index = p0.dtype, phase0.dtype, p0.get_device()
+            for p, phase in zip(params, phases):
+                if (type(p) not in _PLAIN_TYPES or p.dtype is not dtype
+                        or p.get_device() != index or phase.dtype is not phase_dtype):
+                    return None
+            everyone = list(group["params"])
+            # Params without a grad this step (frozen ones): the plan holds while they have none.
+            without_grad = [p for p in everyone if p.grad is None]
+            if len(without_grad) + len(params) != len(everyone):
+                return None
+            plans.append(_GroupPlan(group, everyone, params, without_grad, dtype, phase_dtype,
+                                    index, p0.device))
+        return self.state, len(self.state), plans
+
+    def _step_planned(self, grad_scale, found_inf) -> bool:
+        """One step on the plan; False (nothing written) when the plan no longer fits: the caller
+        then takes the full path, which validates everything and makes a new plan."""
+        state, state_len, plans = self._plan
+        groups = self.param_groups
+        if state is not self.state or len(state) != state_len or len(plans) != len(groups):
+            return False
+        several = len(plans) > 1
+        calls = []
+        for plan, g in zip(plans, groups):
+            current = g["params"]
+            if (plan.group is not g or len(current) != len(plan.everyone)
+                    or not all(map(operator.is_, current, plan.everyone))
+                    or not plan.same_hyper(g, check_lr_value=several)):
+                return False
+            for p in plan.without_grad:
+                if p.grad is not None:
+                    return False
+            params = plan.params
+            try:
+                grads = [p.grad for p in params]
+                states = [state[p] for p in params]
+                phases = [st["phase"] for st in states]
+                steps = [st["step"] for st in states]
+            except KeyError:  # a state was removed by hand
+                return False
+            if several:
+                # Each op call is all-or-nothing by itself; with several groups, what the full
+                # path would handle differently (a grad gone, a dtype or device changed) has to
+                # be seen before the first group is written.
+                dtype, phase_dtype, index = plan.dtype, plan.phase_dtype, plan.index
+                for p, grad, phase, k in zip(params, grads, phases, steps):
+                    if (grad is None or grad.layout is not torch.strided or p.dtype is not dtype
+                            or p.get_device() != index or phase.dtype is not phase_dtype
+                            or k.get_device() != index):
+                        return False
+            calls.append((params, grads, phases, steps, plan.device, plan.kwargs))
+        if not several:
+            params, grads, phases, steps, device, kwargs = calls[0]
+            try:
+                step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale,
+                                 found_inf)
+            except Exception:
+                # The op validates every tensor before its first write: nothing was written, and
+                # the full path will either handle the change (a grad set to None, a new dtype)
+                # or raise the error with its full message.
+                return False
+            return True
+        for params, grads, phases, steps, device, kwargs in calls:
+            step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale, found_inf)
+        return True
+
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+# Group entries a plan depends on, lr apart (LR schedulers change it every step).
+_HYPER_KEYS = ("alpha", "beta", "decaypower", "weight_decay", "psi_init", "decoupled_weight_decay",
+               "maximize", "stochastic_rounding", "seed", "fused", "foreach", "capturable",
+               "state_dtype")
+
+
+def _hyper_key(group: dict[str, Any]) -> tuple:
+    return tuple([group.get(k) for k in _HYPER_KEYS])
+
+
+def _same_values(a: tuple, b: tuple) -> bool:
+    for x, y in zip(a, b):
+        if x is not y and (type(x) is not type(y) or isinstance(x, Tensor) or x != y):
+            return False
+    return True
+
+
+class _GroupPlan:
+    """What a full step found out about one param group (see INNA._make_plan)."""
+
+    __slots__ = ("group", "everyone", "params", "without_grad", "dtype", "phase_dtype", "index",
+                 "device", "key", "lr", "kwargs")
+
+    def __init__(self, group, everyone, params, without_grad, dtype, phase_dtype, index, device):
+        self.group, self.everyone, self.params = group, everyone, params
+        self.without_grad = without_grad
+        self.dtype, self.phase_dtype, self.index, self.device = dtype, phase_dtype, index, device
+        self.key = _hyper_key(group)
+        self.lr = group["lr"]
+        self.kwargs = _op_kwargs(group)
+
+    def same_hyper(self, group: dict[str, Any], check_lr_value: bool) -> bool:
+        """Whether the group's hyper-parameters are those of the plan (validated when it was
+        made). A new float lr (an LR scheduler's) is validated here and taken over; a tensor lr
+        must be the same tensor (the op checks its value on every call; with several groups it
+        is checked here, before the first group is written)."""
+        if not _same_values(self.key, _hyper_key(group)):
+            return False
+        lr = group["lr"]
+        if lr is not self.lr:
+            if type(lr) not in (float, int) or not (math.isfinite(lr) and lr >= 0):
+                return False  # a tensor in place of a number, or an invalid value
+            self.lr = lr
+            self.kwargs = {**self.kwargs, "lr": float(lr)}
+        elif check_lr_value and isinstance(lr, Tensor) and lr.device.type == "cpu":
+            value = float(lr)
+            if not (math.isfinite(value) and value >= 0):
+                return False
+        return True
+
+
+def _op_kwargs(group: dict[str, Any]) -> dict[str, Any]:
+    lr = group["lr"]
+    return dict(lr=lr if isinstance(lr, Tensor) else float(lr), alpha=group["alpha"],
+                beta=group["beta"], decay_power=group["decaypower"],
+                weight_decay=group["weight_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                paper_init=group["psi_init"] == "paper", maximize=group["maximize"],
+                stochastic_rounding=group["stochastic_rounding"], seed=group["seed"])
