@@ -150,6 +150,24 @@ inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
   for (int64_t j = 0; j < L; ++j) bits[j] = random_bits(key, index + static_cast<uint64_t>(j));
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// Store 32 16-bit values held as two 256-bit vectors: directly for a full block, through a buffer
+// for the first `count` of a partial one.
+template <bool kFull, typename dst_t>
+inline void store_packed16(dst_t* dst, int64_t count, __m256i lo, __m256i hi) {
+  static_assert(sizeof(dst_t) == 2);
+  if constexpr (kFull) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst) + 1, hi);
+  } else {
+    alignas(64) uint16_t out[32];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 16), hi);
+    std::memcpy(dst, out, count * sizeof(dst_t));
+  }
+}
+#endif
+
 // Which half of an element's 32 random bits a store uses (inna_math.h: theta_bits, phase_bits).
 enum class BitsHalf { kTheta, kPhase };
 
@@ -193,10 +211,7 @@ inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a
           out = _mm512_mask_mov_epi32(out, nan, _mm512_set1_epi32(0x7FC0));
           return _mm512_cvtepi32_epi16(out);
         };
-        alignas(64) uint16_t out[32];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out), round16(a, bits));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out + 16), round16(b, bits + 16));
-        std::memcpy(dst, out, count * sizeof(dst_t));
+        store_packed16<kFull>(dst, count, round16(a, bits), round16(b, bits + 16));
         return;
       }
       if constexpr (std::is_same_v<dst_t, c10::Half>) {
@@ -216,10 +231,7 @@ inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a
               _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
           return _mm256_mask_blend_epi16(big, _mm256_mask_blend_epi16(up, lo, hi), nearest);
         };
-        alignas(64) uint16_t out[32];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out), round16(a, bits));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out + 16), round16(b, bits + 16));
-        std::memcpy(dst, out, count * sizeof(dst_t));
+        store_packed16<kFull>(dst, count, round16(a, bits), round16(b, bits + 16));
         return;
       }
 #endif
@@ -295,6 +307,23 @@ inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a
   }
 }
 
+// Software prefetch of the cache lines one block of `T` will need kPrefetchBytes further on. The
+// hardware prefetcher alone left the loop stalled on memory between blocks (bfloat16 params with
+// a bfloat16 state ran at 14 ms per 2^25 elements without it, 8 ms with it; 512 to 4096 bytes
+// ahead were tried, 1024-2048 were best).
+constexpr int64_t kPrefetchBytes = 2048;
+
+template <int64_t L, typename T>
+inline void prefetch_ahead(const T* block) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  constexpr int64_t kBytes = L * static_cast<int64_t>(sizeof(T));
+  const char* ahead = reinterpret_cast<const char*>(block) + kPrefetchBytes;
+  for (int64_t b = 0; b < kBytes; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+#else
+  (void)block;
+#endif
+}
+
 // The update of `n` consecutive elements of one tensor, starting at element `first` of it.
 template <typename scalar_t, typename phase_t>
 void update_span(const Entry& entry, int64_t first, int64_t n,
@@ -322,7 +351,12 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
     store_block<kFull>(phase + i, count, w0, w1, sr_phase, bits, BitsHalf::kPhase);
   };
   int64_t i = 0;
-  for (; i + L <= n; i += L) update_block(i, L, std::true_type{});
+  for (; i + L <= n; i += L) {
+    prefetch_ahead<L>(theta + i);
+    prefetch_ahead<L>(grad + i);
+    prefetch_ahead<L>(phase + i);
+    update_block(i, L, std::true_type{});
+  }
   if (i < n) update_block(i, n - i, std::false_type{});
 }
 
