@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .reference import psi_dtype
+from ._contract import default_phase_dtype
 
 __all__ = ["psi_to_phase", "phase_to_psi"]
 
@@ -20,7 +20,7 @@ __all__ = ["psi_to_phase", "phase_to_psi"]
 def _default_dtype(theta: Tensor) -> torch.dtype:
     if theta.is_complex():
         return torch.complex128 if theta.dtype == torch.complex128 else torch.complex64
-    return psi_dtype(theta.dtype)
+    return default_phase_dtype(theta.dtype)
 
 
 def _wide(t: Tensor) -> Tensor:
