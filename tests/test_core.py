@@ -426,8 +426,20 @@ def test_op_rejects_bad_hyperparameters_without_writing():
 
 
 def test_fused_true_without_kernel_raises_and_default_falls_back():
+    # In the same fresh interpreter (one subprocess for both): `import inna_fused` and the `info`
+    # command load none of the benchmark harness, the experiments or their dependencies.
     code = """
-import warnings, torch, inna_fused
+import contextlib, io, sys, warnings, torch
+before = set(sys.modules)  # torch itself may load tqdm
+import inna_fused
+heavy = ('inna_fused.bench', 'inna_fused.experiments', 'matplotlib', 'tqdm', 'sklearn')
+loaded = lambda: [m for m in set(sys.modules) - before
+                  if any(m == h or m.startswith(h + '.') for h in heavy)]
+assert not loaded(), loaded()
+from inna_fused.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(['info']) == 0
+assert not loaded(), loaded()
 assert inna_fused.load_error() and 'INNA_FUSED_DISABLE_NATIVE' in inna_fused.load_error()
 p = torch.zeros(3, requires_grad=True)
 try:
