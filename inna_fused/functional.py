@@ -333,7 +333,7 @@ def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed) -> 
     both stores, as in the kernels: its high 16 bits round θ, its low 16 bits the phase."""
     for p, phase, g, theta, new_phase, k in zip(params, phases, grads, thetas, new_phases, ks):
         round_theta = stochastic and theta is not p and p.dtype in SIXTEEN_BIT and p.numel() > 0
-        round_phase = (stochastic and new_phase is not phase and phase.dtype == torch.bfloat16
+        round_phase = (stochastic and new_phase is not phase and phase.dtype in SIXTEEN_BIT
                        and phase.numel() > 0)
         bits = None
         if round_theta or round_phase:
