@@ -11,7 +11,7 @@ GB/s = extra_info["bytes_per_step"] / time (also stored as extra_info["gbps_medi
 import pytest
 import torch
 
-from inna_fused import benchmarking as B
+from inna_fused import bench as B
 
 # Big or many-tensor workloads; the per-parameter loop on them takes seconds per step.
 SLOW_WORKLOADS = {"flat-2^26", "gpt2-small", "bert-base", "tiny-10000", "gpt2-small-flat",

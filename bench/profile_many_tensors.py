@@ -19,7 +19,7 @@ import sys
 sys.path.insert(1 + len([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
                 os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from inna_fused import benchmarking as B  # noqa: E402
+from inna_fused import bench as B  # noqa: E402
 from inna_fused import functional  # noqa: E402
 
 

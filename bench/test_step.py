@@ -1,7 +1,7 @@
 """One optimizer step per provider × device × dtype × workload (see conftest.py)."""
 import pytest
 
-from inna_fused import benchmarking as B
+from inna_fused import bench as B
 
 
 def test_step(benchmark, smoke, device, dtype, workload_name, provider):

@@ -4,8 +4,11 @@
     opt = INNA(model.parameters(), lr=0.1, alpha=0.5, beta=0.1)
 
 Modules: `optimizer` (the INNA class), `functional` (the list-level step and its implementations),
-`reference` (eq. (12) in plain torch, the oracle), `conversions` (ψ ↔ phase), `rounding` (the
-deterministic stochastic rounding), `_ops` (the compiled op and its fake impl).
+`_contract` (the rules: dtypes, hyper-parameter checks, step size, gradient factor), `reference`
+(eq. (12) in plain torch, the oracle), `conversions` (ψ ↔ phase), `rounding` (the deterministic
+stochastic rounding), `_ops` (the compiled op and its fake impl). Subpackages, not imported here:
+`cli` (`python -m inna_fused`), `bench` (the benchmark harness), `experiments` (the paper's runs).
+See docs/ARCHITECTURE.md.
 """
 from . import conversions, functional, reference, rounding
 from ._ops import build_info, kernel_available, load_error

@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from ._contract import PARAM_DTYPES, allowed_phase_dtypes, dtype_names
+
 BUILD_COMMAND = "pip install --no-build-isolation .  (from the inna_fused source tree, after torch)"
 OP_NAME = "inna_fused::fused_inna_"
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
@@ -92,6 +94,15 @@ def _fake_fused_inna(params, phases, grads, steps, *, lr, alpha, beta, decay_pow
                 t.device == device or (cpu_allowed and t.device.type == "cpu"),
                 lambda: f"inna_fused::fused_inna_: {arg_name} is on {t.device} but params are on "
                         f"{device}")
+    for i, (p, phase) in enumerate(zip(params, phases)):
+        torch._check_type(
+            p.dtype in PARAM_DTYPES,
+            lambda: f"inna_fused::fused_inna_: params[{i}] has dtype {p.dtype}; supported are "
+                    f"{dtype_names(PARAM_DTYPES)}")
+        torch._check_type(
+            phase.dtype in allowed_phase_dtypes(p.dtype),
+            lambda: f"inna_fused::fused_inna_: phases[{i}] has dtype {phase.dtype}, which cannot "
+                    f"hold the phase of a {p.dtype} param")
     for i in range(n):
         torch._check(grads[i].shape == params[i].shape,
                      lambda: f"inna_fused::fused_inna_: grads[{i}] shape differs from params[{i}]")

@@ -12,15 +12,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .reference import psi_dtype
+from ._contract import phase_dtype_for
 
 __all__ = ["psi_to_phase", "phase_to_psi"]
-
-
-def _default_dtype(theta: Tensor) -> torch.dtype:
-    if theta.is_complex():
-        return torch.complex128 if theta.dtype == torch.complex128 else torch.complex64
-    return psi_dtype(theta.dtype)
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -33,7 +27,7 @@ def psi_to_phase(theta: Tensor, psi: Tensor, alpha: float, beta: float, *,
     `dtype` (default: float32, float64 for float64 params) on ψ's device."""
     theta_wide = _wide(theta).to(psi.device)
     phase = (alpha - 1.0 / beta) * theta_wide + _wide(psi) / beta
-    return phase.to(dtype or _default_dtype(theta))
+    return phase.to(dtype or phase_dtype_for(theta, None))
 
 
 def phase_to_psi(theta: Tensor, phase: Tensor, alpha: float, beta: float, *,
@@ -42,4 +36,4 @@ def phase_to_psi(theta: Tensor, phase: Tensor, alpha: float, beta: float, *,
     `dtype` (default: float32, float64 for float64 params) on the phase's device."""
     theta_wide = _wide(theta).to(phase.device)
     psi = beta * _wide(phase) - (alpha * beta - 1.0) * theta_wide
-    return psi.to(dtype or _default_dtype(theta))
+    return psi.to(dtype or phase_dtype_for(theta, None))

@@ -34,7 +34,6 @@ raises and leaves all params, phases and steps untouched.
 from __future__ import annotations
 
 import bisect
-import math
 import sys
 from typing import Optional, Sequence, Union
 
@@ -42,56 +41,13 @@ import torch
 from torch import Tensor
 
 from . import _ops
-from .reference import PSI_INITS, psi_dtype, step_size
+from ._contract import (PARAM_DTYPES, SIXTEEN_BIT, STEP_DTYPES, allowed_phase_dtypes,
+                        check_hyperparameters, check_rounding, default_phase_dtype, dtype_names,
+                        grad_factor, step_size)
 from .rounding import (element_indices, phase_bits, random_bits, round_stochastic, rounding_key,
                        theta_bits)
 
 IMPLS = ("fused", "foreach", "loop", "reference")
-_PARAM_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
-_SEED_RANGE = (-(2 ** 63), 2 ** 63)
-
-
-def default_phase_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the phase (and of the arithmetic) for a param dtype: float32, float64 for
-    float64 params."""
-    return psi_dtype(param_dtype)
-
-
-def check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init) -> None:
-    """Raise ValueError naming the first invalid hyper-parameter (with torch.optim's words where
-    torch's optimizers check the same thing)."""
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Tensor lr must be 1-element (INNA: got shape {tuple(lr.shape)})")
-        if not lr.is_floating_point():
-            raise TypeError(f"lr as a tensor must be floating point, got {lr.dtype}")
-        if lr.device.type == "cpu" and not torch.compiler.is_compiling():
-            lr_value = float(lr)
-            if not (math.isfinite(lr_value) and lr_value >= 0):
-                raise ValueError(f"Invalid learning rate: {lr_value} (INNA needs a finite lr >= 0)")
-    elif not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"Invalid learning rate: {lr} (INNA needs a finite lr >= 0)")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"Invalid alpha: {alpha} (need finite alpha > 0)")
-    if not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"Invalid beta: {beta} (need finite beta > 0)")
-    if not (math.isfinite(decay_power) and decay_power >= 0):
-        raise ValueError(f"Invalid decaypower: {decay_power} (need finite decaypower >= 0)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"Invalid weight_decay value: {weight_decay} (INNA needs a finite "
-                         "weight_decay >= 0)")
-    if psi_init not in PSI_INITS:
-        raise ValueError(f"Invalid psi_init: {psi_init!r} (choose one of {PSI_INITS})")
-
-
-def check_rounding(stochastic_rounding, seed) -> None:
-    """Raise naming `stochastic_rounding` or `seed` when it is not a bool / a 64-bit integer."""
-    if not isinstance(stochastic_rounding, bool):
-        raise TypeError(f"Invalid stochastic_rounding: {stochastic_rounding!r} (need a bool)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not (
-            _SEED_RANGE[0] <= seed < _SEED_RANGE[1]):
-        raise ValueError(f"Invalid seed: {seed!r} (need an int in [-2**63, 2**63))")
 
 
 def _span(t: Tensor) -> tuple[int, int]:
@@ -121,10 +77,10 @@ def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], phases: Seq
         for list_name, t in (("params", p), ("grads", g), ("phases", phase), ("steps", step)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"INNA: {list_name}[{i}] is {type(t).__name__}, not a Tensor")
-        if p.dtype not in _PARAM_DTYPES:
+        if p.dtype not in PARAM_DTYPES:
             hint = " (complex params are updated through torch.view_as_real)" if p.is_complex() else ""
-            raise TypeError(f"INNA: params[{i}] has dtype {p.dtype}; supported are float32, "
-                            f"float64, float16 and bfloat16{hint}")
+            raise TypeError(f"INNA: params[{i}] has dtype {p.dtype}; supported are "
+                            f"{dtype_names(PARAM_DTYPES)}{hint}")
         if p.layout != torch.strided:
             raise TypeError(f"INNA: params[{i}] has layout {p.layout}; only strided params")
         if g.is_sparse or g.layout != torch.strided:
@@ -139,16 +95,16 @@ def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], phases: Seq
         if phase.layout != torch.strided:
             raise TypeError(f"INNA: phases[{i}] has layout {phase.layout}; the phase must be "
                             "strided")
-        allowed = _allowed_phase_dtypes(p.dtype)
+        allowed = allowed_phase_dtypes(p.dtype)
         if phase.dtype not in allowed:
             raise TypeError(f"INNA: phases[{i}] has dtype {phase.dtype} but a {p.dtype} param needs "
                             f"a {' or '.join(str(d) for d in allowed)} phase")
         if phase.device != p.device or phase.shape != p.shape:
             raise ValueError(f"INNA: phases[{i}] ({tuple(phase.shape)} on {phase.device}) does not "
                              f"match its param ({tuple(p.shape)} on {p.device})")
-        # float16/bfloat16 counts stop growing at 2048/256 steps, so only float32/float64 count.
-        if step.numel() != 1 or step.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"INNA: steps[{i}] must be a one-element float32 or float64 tensor, "
+        if step.numel() != 1 or step.dtype not in STEP_DTYPES:
+            raise TypeError(f"INNA: steps[{i}] must be a one-element "
+                            f"{dtype_names(STEP_DTYPES, 'or')} tensor, "
                             f"got {step.dtype} of shape {tuple(step.shape)}")
         if step.device != p.device and (fused or step.device.type != "cpu"):
             where = "its param's device" if fused else "its param's device or the CPU"
@@ -165,10 +121,6 @@ def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], phases: Seq
             read.append((*_span(g), f"grads[{i}]"))
         written.append((*_span(step), f"steps[{i}]"))
     _check_no_overlap(written, read)
-
-
-def _allowed_phase_dtypes(param_dtype: torch.dtype) -> tuple:
-    return (default_phase_dtype(param_dtype), torch.bfloat16)
 
 
 def _check_no_overlap(written, read) -> None:
@@ -351,14 +303,7 @@ def _host_scalars(lr, grad_scale, found_inf, maximize):
     """lr, the gradient factor (None: use the gradient as it is) and the skip flag as Python
     numbers (the non-fused paths sync)."""
     skip = found_inf is not None and bool(found_inf.item() != 0)
-    lr = float(lr)
-    factor = None
-    if grad_scale is not None:
-        # Same rounding as torch.amp.GradScaler.unscale_: a float32 reciprocal.
-        factor = grad_scale.double().reciprocal().float().item()
-    if maximize:
-        factor = -(1.0 if factor is None else factor)
-    return lr, factor, skip
+    return float(lr), grad_factor(grad_scale, maximize), skip
 
 
 def _coefficients(gamma: float, alpha: float, beta: float, weight_decay: float) -> dict:
@@ -376,7 +321,7 @@ def _coefficients(gamma: float, alpha: float, beta: float, weight_decay: float) 
 def _store(dst: Tensor, value: Tensor, r16: Optional[Tensor]) -> None:
     """Write `value` (float32 or float64) into `dst`: 16-bit `dst` take float32 values, rounded
     stochastically with the 16 random bits per element `r16` when given, to nearest otherwise."""
-    if dst.dtype in _SIXTEEN_BIT:
+    if dst.dtype in SIXTEEN_BIT:
         value = value.to(torch.float32)
         if r16 is not None:
             value = round_stochastic(value, dst.dtype, r16)
@@ -387,8 +332,8 @@ def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed) -> 
     """Write back the new θ and phases (those computed in copies). One hash per element serves
     both stores, as in the kernels: its high 16 bits round θ, its low 16 bits the phase."""
     for p, phase, g, theta, new_phase, k in zip(params, phases, grads, thetas, new_phases, ks):
-        round_theta = stochastic and theta is not p and p.dtype in _SIXTEEN_BIT and p.numel() > 0
-        round_phase = (stochastic and new_phase is not phase and phase.dtype == torch.bfloat16
+        round_theta = stochastic and theta is not p and p.dtype in SIXTEEN_BIT and p.numel() > 0
+        round_phase = (stochastic and new_phase is not phase and phase.dtype in SIXTEEN_BIT
                        and phase.numel() > 0)
         bits = None
         if round_theta or round_phase:

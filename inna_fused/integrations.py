@@ -6,7 +6,8 @@ inna_fused (or this module) imports none of them; a hook imports its library whe
     opt = timm.optim.create_optimizer_v2(model, "inna", lr=0.1, alpha=0.5, beta=0.1)
 
 HF transformers' Trainer, Lightning and torch.distributed.checkpoint take INNA as it is (a
-torch.optim.Optimizer); docs/INTEGRATIONS.md shows how.
+torch.optim.Optimizer); the README section "Using INNA with timm, HF Trainer, Lightning and DCP"
+shows how.
 """
 from __future__ import annotations
 

@@ -12,8 +12,10 @@ from torch.optim.optimizer import Optimizer
 
 from . import _ops
 from .conversions import phase_to_psi, psi_to_phase
-from .functional import (check_hyperparameters, check_rounding, default_phase_dtype, inna,
-                         step_plain_fused)
+from ._contract import (COMPLEX_DTYPES, PARAM_DTYPES, STEP_DTYPE, STEP_DTYPES,
+                        check_hyperparameters, check_rounding, check_state_dtype, dtype_names,
+                        phase_dtype_for, valid_lr)
+from .functional import inna, step_plain_fused
 
 __all__ = ["INNA"]
 
@@ -30,36 +32,7 @@ _LOADED_GROUP_DEFAULTS = dict(psi_init="zero", decoupled_weight_decay=False, max
 _STORAGE_KEYS = ("state_dtype", "stochastic_rounding", "seed")
 
 
-def phase_dtype_for(p: Tensor, state_dtype: Optional[torch.dtype]) -> torch.dtype:
-    """The dtype of a param's phase under the `state_dtype` option (already validated)."""
-    if p.is_complex():
-        return torch.complex128 if p.dtype == torch.complex128 else torch.complex64
-    return default_phase_dtype(p.dtype) if state_dtype is None else state_dtype
-
-
-def check_state_dtype(state_dtype, params) -> None:
-    """Raise ValueError naming `state_dtype` when it cannot hold the phase of some param."""
-    if state_dtype is None:
-        return
-    allowed = (torch.bfloat16, torch.float32, torch.float64)
-    if state_dtype not in allowed:
-        raise ValueError(f"INNA: invalid state_dtype={state_dtype!r} (choose None, torch.float32, "
-                         "torch.bfloat16, or torch.float64 for float64 params)")
-    for p in params:
-        if p.is_complex():
-            raise ValueError(f"INNA: state_dtype={state_dtype} is not supported for complex params "
-                             f"(got a {p.dtype} param); leave state_dtype=None")
-        if state_dtype == torch.float64 and p.dtype != torch.float64:
-            raise ValueError(f"INNA: state_dtype=torch.float64 needs float64 params, got a "
-                             f"{p.dtype} param")
-        if state_dtype == torch.float32 and p.dtype == torch.float64:
-            raise ValueError("INNA: state_dtype=torch.float32 would store the phase of a float64 "
-                             "param in less precision than its arithmetic; use None "
-                             "(float64) or torch.bfloat16")
-
-
-_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64,
-                 torch.complex128)
+_FUSED_DTYPES = PARAM_DTYPES + COMPLEX_DTYPES
 
 
 def _fused_devices() -> list[str]:
@@ -70,7 +43,7 @@ def _fused_param_error(p: Tensor, where: str) -> RuntimeError:
     """torch.optim's error for `fused=True` with a param the fused kernel cannot take, then which
     param and why."""
     if p.dtype not in _FUSED_DTYPES:
-        why = "INNA's fused kernel takes float32, float64, float16, bfloat16 and complex params"
+        why = f"INNA's fused kernel takes {dtype_names(_FUSED_DTYPES)} params"
     else:
         why = _ops.unavailable_reason(p.device.type)
     return RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
@@ -222,7 +195,7 @@ class INNA(Optimizer):
                 # The authors' class keeps an int step; ours is a float32 tensor (moved to the
                 # param's device by the first fused step).
                 if st and "step" in st and not torch.is_tensor(st["step"]):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
+                    st["step"] = torch.tensor(float(st["step"]), dtype=STEP_DTYPE)
                 # An optimizer pickled by an earlier version keeps the paper's ψ.
                 if st and "psi" in st and "phase" not in st and torch.is_tensor(st["psi"]):
                     st["phase"] = psi_to_phase(p, st.pop("psi"), group["alpha"], group["beta"],
@@ -271,7 +244,7 @@ class INNA(Optimizer):
             grads.append(p.grad)
             state = self.state[p]
             if len(state) == 0:
-                state["step"] = torch.zeros((), dtype=torch.float32,
+                state["step"] = torch.zeros((), dtype=STEP_DTYPE,
                                             device=p.device if on_device else "cpu")
                 # Filled by the first step in the same pass (its contents are never read before).
                 state["phase"] = torch.empty_like(p, dtype=phase_dtype_for(p, group["state_dtype"]),
@@ -328,8 +301,8 @@ class INNA(Optimizer):
                                                   group["beta"], dtype=dtype)
                 else:
                     state["phase"] = value.to(device=p.device, dtype=dtype)
-                if state["step"].dtype not in (torch.float32, torch.float64):
-                    state["step"] = state["step"].to(torch.float32)  # e.g. an integer tensor
+                if state["step"].dtype not in STEP_DTYPES:
+                    state["step"] = state["step"].to(STEP_DTYPE)  # e.g. an integer tensor
 
     def psi_state_dict(self) -> dict[str, Any]:
         """`state_dict()` with each param's phase w replaced by the paper's ψ = β·w − (αβ − 1)·θ
@@ -569,13 +542,12 @@ class _GroupPlan:
             return False
         lr = group["lr"]
         if lr is not self.lr:
-            if type(lr) not in (float, int) or not (math.isfinite(lr) and lr >= 0):
+            if type(lr) not in (float, int) or not valid_lr(lr):
                 return False  # a tensor in place of a number, or an invalid value
             self.lr = lr
             self.kwargs = {**self.kwargs, "lr": float(lr)}
         elif check_lr_value and isinstance(lr, Tensor) and lr.device.type == "cpu":
-            value = float(lr)
-            if not (math.isfinite(value) and value >= 0):
+            if not valid_lr(float(lr)):
                 return False
         return True
 

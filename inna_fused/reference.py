@@ -9,22 +9,13 @@ literal eq. (12), deliberately plain torch, with its cancellation (see `inna_fus
 
 with γ_k = lr / (k + 1)^decay_power, k the number of steps this parameter has taken. The arithmetic
 runs in ψ's dtype (float32 for 16-bit params, the param's dtype otherwise).
+
+It imports nothing from the package: the rules the implementations share live in
+`inna_fused._contract`, and the oracle states its own.
 """
 from __future__ import annotations
 
 import torch
-
-PSI_INITS = ("paper", "zero")
-
-
-def psi_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    """Dtype of ψ (and of the arithmetic) for a param dtype."""
-    return torch.float64 if param_dtype == torch.float64 else torch.float32
-
-
-def step_size(lr: float, k: float, decay_power: float) -> float:
-    """γ_k = lr / (k + 1)^decay_power."""
-    return lr if decay_power == 0 else lr / (k + 1.0) ** decay_power
 
 
 def inna_reference_(
@@ -48,8 +39,8 @@ def inna_reference_(
     psi_init="paper": ψ₀ = (1 − αβ)θ₀ − (β² − β)v₀ (the first step is one SGD step);
     psi_init="zero":  ψ₀ = (1 − αβ)θ₀ (the authors' PyTorch code).
     """
-    gamma = step_size(lr, k, decay_power)
-    theta = param.detach().to(psi_dtype(param.dtype))
+    gamma = lr if decay_power == 0 else lr / (k + 1.0) ** decay_power
+    theta = param.detach().to(torch.float64 if param.dtype == torch.float64 else torch.float32)
     v = grad.detach().to(theta.dtype)
     if maximize:
         v = -v

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from inna_fused.reference import psi_dtype
+from inna_fused._contract import default_phase_dtype
 
 # How a view sits in its buffer. "expanded" (stride 0) is only valid for read-only grads.
 LAYOUTS = ("contiguous", "offset", "transposed", "step")
@@ -61,7 +61,7 @@ def phase_step_reference(theta, grad, phase, k, *, lr, alpha, beta, decay_power=
     float64 for float64 params) and rounded to nearest into the storage dtypes: the yardstick for
     element-wise behaviour (non-finite values, overflow, denormals). That the phase form is eq. (12)
     is checked against the ψ oracle in test_core.py."""
-    compute = psi_dtype(theta.dtype)
+    compute = default_phase_dtype(theta.dtype)
     t, v = theta.to(compute), grad.to(compute)
     gamma = lr if decay_power == 0 else lr / (k + 1.0) ** decay_power
     w = phase.to(compute)
@@ -87,7 +87,7 @@ def error_bounds(theta, grad, phase, k, *, lr, alpha, beta, decay_power=0.0, wei
     roundings (fused multiply-adds or not), so the difference is a few u times the magnitudes the
     expression adds up. Add `rounding_slack` for the final rounding into the storage dtype.
     """
-    u = torch.finfo(psi_dtype(theta.dtype)).eps
+    u = torch.finfo(default_phase_dtype(theta.dtype)).eps
     th, v = _magnitude(theta), _magnitude(grad) * abs(grad_factor)
     gamma = lr if decay_power == 0 else lr / (k + 1.0) ** decay_power
     if k == 0:

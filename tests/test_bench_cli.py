@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from inna_fused import benchmarking as B
+from inna_fused import bench as B
 from inna_fused import kernel_available
 from inna_fused.__main__ import main
-from inna_fused.cli import bench as cli
+from inna_fused.bench import report
+from inna_fused.bench.providers import _random_params
 
 # ----------------------------------------------------------------------------------------------
 # Bytes per element: reads + writes of one step
@@ -30,7 +31,7 @@ def test_inna_moves_theta_grad_psi_in_and_theta_psi_out(provider, dtype):
 
 
 def test_documented_byte_counts():
-    # docs/PERFORMANCE.md: INNA 20 (fp32) / 14 (bf16 with fp32 ψ), Adam 28, SGD momentum 20,
+    # bench/NOTES.md: INNA 20 (fp32) / 14 (bf16 with fp32 ψ), Adam 28, SGD momentum 20,
     # stream 12; bf16 Adam keeps its moments in bf16 (torch's choice): 7 × 2.
     assert B.bytes_per_element("fused", torch.float32) == 20
     assert B.bytes_per_element("fused", torch.bfloat16) == 14
@@ -121,7 +122,7 @@ def test_runners_of_all_inna_providers_take_the_same_step():
         runner.step()
         optimizer = runner._step.__self__
         params[provider] = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
-    start = B._random_params(workload.shapes, "cpu", torch.float64,
+    start = _random_params(workload.shapes, "cpu", torch.float64,
                              torch.Generator().manual_seed(3))
     for provider in providers:
         assert any(not torch.equal(a, b) for a, b in zip(params[provider], start)), provider
@@ -211,25 +212,25 @@ def test_ratios_and_targets():
             _row("fused", "resnet50", r, 1.5, "list"),
             _row("reference", "resnet50", r, 30.0, "list"),
             _row("foreach", "resnet50", r, 3.0, "list"), _row("fused", "resnet50-flat", r, 1.0)]
-    cli._add_ratios(rows)
+    report.add_ratios(rows)
     fused = rows[0]
     assert fused["speedup"]["adam"] == pytest.approx(2.0)
     assert fused["speedup"]["reference"] is None  # no reference row for that workload
     # 20 bytes in 1 s against 12 bytes in 0.75 s
     assert fused["pct_stream"] == pytest.approx(100 * 20 / 16)
-    checks = {c["name"]: c for c in cli.check_targets(rows)}
+    checks = {c["name"]: c for c in report.check_targets(rows)}
     assert checks["fused_vs_sgd"]["workload"] == "flat-2^25"  # the largest flat one
     assert checks["fused_vs_sgd"]["value"] == pytest.approx(1.0)
-    assert checks["fused_vs_sgd"]["meets_accepted"] and checks["fused_vs_sgd"]["meets_product"]
+    assert checks["fused_vs_sgd"]["meets_accepted"] and checks["fused_vs_sgd"]["meets_goal"]
     assert checks["fused_vs_adam"]["value"] == pytest.approx(0.5)
     assert checks["list_vs_flat"]["value"] == pytest.approx(1.5)
     assert checks["list_vs_flat"]["meets_accepted"] is False
     assert checks["speedup_vs_reference"]["value"] == pytest.approx(20.0)
     assert checks["speedup_vs_foreach"]["value"] == pytest.approx(2.0)
     assert checks["speedup_vs_foreach"]["meets_accepted"] is False
-    table = cli.format_table([dict(row, label=row["provider"]) for row in rows])
+    table = report.format_table([dict(row, label=row["provider"]) for row in rows])
     assert "flat-2^25" in table and "resnet50-flat" in table
-    assert "MISSED" in cli.format_checks(list(checks.values()))
+    assert "MISSED" in report.format_checks(list(checks.values()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def test_bench_command_json_and_plot(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "INNA fused" in printed and "flat-2^12" in printed
     result = json.loads(out.read_text())
-    assert result["schema"] == "inna_fused.bench/1"
+    assert result["schema"] == "inna_fused.bench/2"
     env = result["environment"]
     assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
     assert env["device"] == "cpu" and env["device_name"]
@@ -258,7 +259,7 @@ def test_bench_command_json_and_plot(tmp_path, capsys):
         if row["provider"] == "fused" and not kernel_available("cpu"):
             assert row["median_s"] is None and row["skipped"]
             continue
-        cap = cli.DEFAULT_MAX_REPEATS.get(row["provider"], 2)
+        cap = B.DEFAULT_MAX_REPEATS.get(row["provider"], 2)
         assert len(row["times_s"]) == min(2, cap)
         assert row["median_s"] == pytest.approx(sorted(row["times_s"])[len(row["times_s"]) // 2]
                                                 if len(row["times_s"]) % 2 else

@@ -132,8 +132,8 @@ def test_copied_optimizer_still_keeps_float32_phase_on_load(copy_how):
 
 
 class AuthorsINNA(Optimizer):
-    """The authors' public INNA class, transcribed from its documented semantics
-    (/work/shared/docs/INNA.md), independently of inna_fused:
+    """The authors' public INNA class, transcribed from its documented semantics, independently
+    of inna_fused:
 
     - state per param: 'psi' (a tensor) and 'step' (a Python int, the steps already taken);
     - group keys: lr, alpha, beta, decaypower, weight_decay;

@@ -12,7 +12,8 @@ import torch
 import inna_fused
 from inna_fused import INNA, phase_to_psi, psi_to_phase
 from inna_fused.functional import inna
-from inna_fused.reference import inna_reference_, psi_dtype
+from inna_fused._contract import default_phase_dtype
+from inna_fused.reference import inna_reference_
 
 from conftest import (DTYPE_IDS, assert_close_report, impl_kwargs, impl_params,
                       requires_cpu_kernel)
@@ -65,7 +66,7 @@ def reference_run(init, steps=4, dtype=None, **hyper):
                            beta=hyper.pop("beta", 0.1), decay_power=hyper.pop("decaypower", 0.0),
                            psi_init=hyper.pop("psi_init", "zero"), **hyper)  # INNA's default
     params = [p.clone().to(dtype or p.dtype) for p in init]
-    psis = [torch.empty_like(p, dtype=psi_dtype(p.dtype)) for p in params]
+    psis = [torch.empty_like(p, dtype=default_phase_dtype(p.dtype)) for p in params]
     for k in range(steps):
         for p, psi, g in zip(params, psis, grads_for(init, k)):
             inna_reference_(p, psi, g.to(p.dtype), k, **reference_hyper)
@@ -121,7 +122,7 @@ def test_low_precision_error_budget(impl, dtype):
             err = (x.double() - t).abs().max().item()
             naive_err = (nv.double() - t).abs().max().item()
             assert err <= 2 * naive_err + eps, f"{name} {i}: error {err:.3e} vs naive {naive_err:.3e}"
-    assert all(phase.dtype == psi_dtype(dtype) for phase in phases)
+    assert all(phase.dtype == default_phase_dtype(dtype) for phase in phases)
 
 
 @requires_cpu_kernel
@@ -356,7 +357,7 @@ def test_params_without_grad_are_skipped():
 @pytest.mark.parametrize("phase_dtype", ["default", "bf16"])
 def test_opcheck(overload, dtype, phase_dtype):
     params = make_params([3, 40], dtype)
-    state_dtype = psi_dtype(dtype) if phase_dtype == "default" else torch.bfloat16
+    state_dtype = default_phase_dtype(dtype) if phase_dtype == "default" else torch.bfloat16
     phases = [torch.randn(p.shape, dtype=state_dtype) for p in params]
     grads = grads_for(params, 0)
     steps = [torch.tensor(2.0), torch.tensor(5.0)]
@@ -425,8 +426,20 @@ def test_op_rejects_bad_hyperparameters_without_writing():
 
 
 def test_fused_true_without_kernel_raises_and_default_falls_back():
+    # In the same fresh interpreter (one subprocess for both): `import inna_fused` and the `info`
+    # command load none of the benchmark harness, the experiments or their dependencies.
     code = """
-import warnings, torch, inna_fused
+import contextlib, io, sys, warnings, torch
+before = set(sys.modules)  # torch itself may load tqdm
+import inna_fused
+heavy = ('inna_fused.bench', 'inna_fused.experiments', 'matplotlib', 'tqdm', 'sklearn')
+loaded = lambda: [m for m in set(sys.modules) - before
+                  if any(m == h or m.startswith(h + '.') for h in heavy)]
+assert not loaded(), loaded()
+from inna_fused.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(['info']) == 0
+assert not loaded(), loaded()
 assert inna_fused.load_error() and 'INNA_FUSED_DISABLE_NATIVE' in inna_fused.load_error()
 p = torch.zeros(3, requires_grad=True)
 try:

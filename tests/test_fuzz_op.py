@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from inna_fused.functional import inna
-from inna_fused.reference import psi_dtype
+from inna_fused._contract import default_phase_dtype
 
 from conftest import requires_cpu_kernel
 from reliability_helpers import (GRAD_LAYOUTS, LAYOUTS, GuardedView, assert_matches, error_bounds,
@@ -55,7 +55,7 @@ def fresh_entry(dtype, shape, rng_seed, phase_dtype=None):
     """A valid (param, grad, phase, step) with numel > 0 when the shape says so."""
     gen = torch.Generator().manual_seed(rng_seed)
     param, grad, phase = (torch.randn(shape, generator=gen) for _ in range(3))
-    return (param.to(dtype), grad.to(dtype), phase.to(phase_dtype or psi_dtype(dtype)),
+    return (param.to(dtype), grad.to(dtype), phase.to(phase_dtype or default_phase_dtype(dtype)),
             torch.tensor(1.0))
 
 
@@ -162,7 +162,7 @@ def make_case(seed):
     """A valid random call, then (in about a third of the cases) one defect."""
     rng = random.Random(seed)
     dtype = rng.choice(DTYPES)
-    phase_dtype = rng.choice([psi_dtype(dtype), torch.bfloat16])  # one phase dtype per call
+    phase_dtype = rng.choice([default_phase_dtype(dtype), torch.bfloat16])  # one phase dtype per call
     gen = torch.Generator().manual_seed(seed)
     case = dict(dtype=dtype, phase_dtype=phase_dtype, params=[], grads=[], phases=[], steps=[],
                 guarded=[], hyper=random_hyper(rng))

@@ -1,6 +1,6 @@
 """INNA in Lightning: returned by configure_optimizers, and chosen on the LightningCLI command line
-with --optimizer=inna_fused.INNA --optimizer.lr=..., as docs/INTEGRATIONS.md shows. Both must
-train exactly like a plain loop with the same INNA."""
+with --optimizer=inna_fused.INNA --optimizer.lr=..., as the README shows ("Using INNA with timm,
+HF Trainer, Lightning and DCP"). Both must train exactly like a plain loop with the same INNA."""
 import sys
 
 import pytest

@@ -17,7 +17,8 @@ import torch
 from inna_fused import INNA, phase_to_psi, psi_to_phase
 from inna_fused import rounding
 from inna_fused.functional import inna
-from inna_fused.reference import inna_reference_, psi_dtype
+from inna_fused._contract import default_phase_dtype
+from inna_fused.reference import inna_reference_
 
 from conftest import DTYPE_IDS, impl_kwargs, impl_params, requires_cpu_kernel
 
@@ -155,7 +156,7 @@ def exact_run(impl, dtype, state_dtype, hyper, seed=5, steps=4, stochastic_round
     params = [dyadic((37, 5), gen, dtype, 32), dyadic((3, 130), gen, dtype, 32),
               dyadic((6, 4), gen, dtype, 32).t(), dyadic((8, 3), gen, dtype, 32).t()]
     # empty_like keeps a transposed param's strides: the phase is walked with its param
-    phases = [torch.empty_like(p, dtype=state_dtype or psi_dtype(dtype)) for p in params]
+    phases = [torch.empty_like(p, dtype=state_dtype or default_phase_dtype(dtype)) for p in params]
     steps_t = [torch.zeros(()) for _ in params]
     for _ in range(steps):
         grads = [dyadic(p.shape, gen, dtype, 16) for p in params]
@@ -406,7 +407,7 @@ def test_psi_state_dict_round_trip(dtype):
     assert all("phase" in opt.state[p] for p in params)  # the optimizer's own state is untouched
     for i, p in enumerate(params):
         psi = saved["state"][i]["psi"]
-        assert psi.dtype == psi_dtype(dtype)
+        assert psi.dtype == default_phase_dtype(dtype)
         expected = phase_to_psi(p, opt.state[p]["phase"], 0.6, 0.3, dtype=torch.float64)
         torch.testing.assert_close(psi.double(), expected, rtol=torch.finfo(dtype).eps, atol=0)
 
@@ -478,7 +479,7 @@ def lsq_run_ours(dtype, steps=LSQ_STEPS, **kwargs):
     """INNA on params of `dtype`; gradients evaluated in float32 (float64 for float64 params)
     and handed over in the param dtype."""
     a, y = least_squares()
-    work = psi_dtype(dtype)
+    work = default_phase_dtype(dtype)
     a, y = a.to(work), y.to(work)
     theta = torch.nn.Parameter(torch.ones(256, dtype=dtype))
     opt = INNA([theta], psi_init="zero", **LSQ_HYPER, **kwargs)

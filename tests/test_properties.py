@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inna_fused.functional import inna
-from inna_fused.reference import psi_dtype
+from inna_fused._contract import default_phase_dtype
 
 from conftest import impl_params
 from reliability_helpers import (GRAD_LAYOUTS, LAYOUTS, GuardedView, assert_matches, error_bounds,
@@ -42,7 +42,7 @@ def build(entry_specs, seed):
     for shape, dtype, p_layout, g_layout, phase_layout, k in entry_specs:
         p = GuardedView(shape, dtype, p_layout, gen)
         g = GuardedView(shape, dtype, g_layout, gen)
-        phase = GuardedView(shape, psi_dtype(dtype), phase_layout, gen)
+        phase = GuardedView(shape, default_phase_dtype(dtype), phase_layout, gen)
         if k == 0:
             phase.view.fill_(float("nan"))  # the first step must never read the phase
             phase.before = phase.buffer.clone()

@@ -13,7 +13,7 @@ import torch
 
 from inna_fused import INNA
 from inna_fused.functional import inna
-from inna_fused.reference import psi_dtype
+from inna_fused._contract import default_phase_dtype
 
 from conftest import DTYPE_IDS, impl_kwargs, impl_params, requires_cpu_kernel
 from reliability_helpers import assert_matches, error_bounds, phase_step_reference, rounding_slack
@@ -56,7 +56,7 @@ def make_lists(n=N, dtype_of=lambda i: torch.float32, seed=0):
             g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
         params.append(p)
         grads.append(g)
-        phases.append(torch.randn(shape, generator=gen, dtype=torch.float64).to(psi_dtype(dtype)))
+        phases.append(torch.randn(shape, generator=gen, dtype=torch.float64).to(default_phase_dtype(dtype)))
         steps.append(torch.tensor(float(i % 3)))
     return dict(params=params, grads=grads, phases=phases, steps=steps)
 
@@ -289,7 +289,7 @@ def test_bad_entry_in_either_dtype_group_changes_no_group(impl, bad_dtype, name,
 
 def _retype_expanded(lists, name, dtype):
     key = "phases" if name == "phase-expanded" else "params"
-    target = psi_dtype(dtype) if key == "phases" else dtype
+    target = default_phase_dtype(dtype) if key == "phases" else dtype
     lists[key][BAD] = torch.zeros(1, dtype=target).expand(12)
     return lists
 
@@ -513,7 +513,7 @@ def test_nan_inf_in_grad_propagate_like_reference(impl, dtype, k):
     n = 70  # > one SIMD vector, with a ragged tail
     p = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
     g = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
-    phase = torch.randn(n, generator=gen, dtype=torch.float64).to(psi_dtype(dtype))
+    phase = torch.randn(n, generator=gen, dtype=torch.float64).to(default_phase_dtype(dtype))
     for i, bad in zip([0, 5, 31, 32, 33, 68, 69], [math.nan, math.inf, -math.inf] * 3):
         g[i] = bad
     p[40], phase[50] = math.nan, math.inf  # non-finite state as well
@@ -541,13 +541,13 @@ HUGE = {torch.float32: 3e38, torch.bfloat16: 3e38, torch.float16: 6e4, torch.flo
 def test_huge_and_denormal_values_like_reference(impl, dtype, k):
     big = HUGE[dtype]
     sub = torch.finfo(dtype).smallest_normal / 8  # a denormal of the param dtype
-    phase_sub = torch.finfo(psi_dtype(dtype)).smallest_normal / 8
+    phase_sub = torch.finfo(default_phase_dtype(dtype)).smallest_normal / 8
     values = [big, -big, big / 2, -big / 3, sub, -sub, 3 * sub, 0.0, 1.0, -2.5]
     p = torch.tensor(values * 4, dtype=torch.float64)
     g = torch.tensor(values[::-1] * 4, dtype=torch.float64)
     phase = torch.tensor(([phase_sub, -big, big * 0.95, 0.0, phase_sub, 1.0, -phase_sub, big, 2.0,
                            0.5] * 4), dtype=torch.float64)
-    p, g, phase = p.to(dtype), g.to(dtype), phase.to(psi_dtype(dtype))
+    p, g, phase = p.to(dtype), g.to(dtype), phase.to(default_phase_dtype(dtype))
     actual = run_one(impl, p, g, phase, k, weight_decay=0.0)
     expected = reference_one(p, g, phase, k, weight_decay=0.0)
     # An intermediate that overflows is inf in one path and inf - inf = nan in the other,
@@ -568,7 +568,7 @@ DETERMINISM_SIZES = [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3, 0, 1, 5, 77] + 
 def fused_steps(dtype, threads, steps=3):
     gen = torch.Generator().manual_seed(11)
     params = [torch.randn(n, generator=gen).to(dtype) for n in DETERMINISM_SIZES]
-    phases = [torch.empty(n, dtype=psi_dtype(dtype)) for n in DETERMINISM_SIZES]
+    phases = [torch.empty(n, dtype=default_phase_dtype(dtype)) for n in DETERMINISM_SIZES]
     counts = [torch.zeros(()) for _ in DETERMINISM_SIZES]
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -636,5 +636,5 @@ def test_resumed_training_is_bitwise_identical(impl, dtype, stop):
             sa, sb = resumed_opt.state[a], straight_opt.state[b]
             assert torch.equal(sa["phase"], sb["phase"]), (
                 f"phase {i} differs after resuming at {stop}")
-            assert sa["phase"].dtype == psi_dtype(dtype)
+            assert sa["phase"].dtype == default_phase_dtype(dtype)
             assert float(sa["step"]) == float(sb["step"]) == total
