@@ -17,7 +17,7 @@ from .functional import inna
 from .integrations import register_timm_optimizers
 from .optimizer import INNA
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["INNA", "inna", "functional", "reference", "conversions", "rounding", "psi_to_phase",
            "phase_to_psi", "kernel_available", "load_error", "build_info", "__version__",
            "register_timm_optimizers"]
