@@ -10,10 +10,13 @@
 // The state is the phase w = (α − 1/β)·θ + ψ/β (inna_math.h says why), not the paper's ψ.
 #pragma once
 
+#include "contract.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace inna_fused {
@@ -43,6 +46,15 @@ struct InnaLists {
 };
 
 using InnaKernel = void (*)(const InnaLists&, const InnaHyper&);
+
+// For a backend: calls f(contract::TypeTag<scalar_t>{}, contract::TypeTag<phase_t>{}) with the
+// C++ types of the lists' param and phase dtypes.
+template <typename F>
+void dispatch_dtypes(const InnaLists& lists, F&& f) {
+  contract::dispatch_param_and_state(
+      lists.params[0].scalar_type(),
+      lists.phases[0].scalar_type() == contract::kLowPrecisionStateDtype, std::forward<F>(f));
+}
 
 // Validate, prepare and run. Throws (c10::Error → RuntimeError/ValueError/TypeError in Python)
 // before any write when anything is wrong.

@@ -408,11 +408,9 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
 }
 
 void cpu_kernel(const InnaLists& lists, const InnaHyper& h) {
-  contract::dispatch_param_and_state(
-      lists.params[0].scalar_type(),
-      lists.phases[0].scalar_type() == contract::kLowPrecisionStateDtype, [&](auto p, auto s) {
-        cpu_kernel_typed<typename decltype(p)::type, typename decltype(s)::type>(lists, h);
-      });
+  dispatch_dtypes(lists, [&](auto p, auto s) {
+    cpu_kernel_typed<typename decltype(p)::type, typename decltype(s)::type>(lists, h);
+  });
 }
 
 }  // namespace

@@ -72,12 +72,9 @@ void cuda_kernel(const InnaLists& lists, const InnaHyper& h) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const InnaScalars scalars = make_scalars(h, device);
-  contract::dispatch_param_and_state(
-      lists.params[0].scalar_type(),
-      lists.phases[0].scalar_type() == contract::kLowPrecisionStateDtype, [&](auto p, auto s) {
-        launch_typed<typename decltype(p)::type, typename decltype(s)::type>(lists, scalars,
-                                                                             stream);
-      });
+  dispatch_dtypes(lists, [&](auto p, auto s) {
+    launch_typed<typename decltype(p)::type, typename decltype(s)::type>(lists, scalars, stream);
+  });
 }
 
 }  // namespace

@@ -59,12 +59,9 @@ void emulate_typed(const InnaLists& lists, const InnaHyper& h) {
 
 template <bool kLargeMetadata>
 void emulated_kernel(const InnaLists& lists, const InnaHyper& h) {
-  contract::dispatch_param_and_state(
-      lists.params[0].scalar_type(),
-      lists.phases[0].scalar_type() == contract::kLowPrecisionStateDtype, [&](auto p, auto s) {
-        emulate_typed<typename decltype(p)::type, typename decltype(s)::type, kLargeMetadata>(
-            lists, h);
-      });
+  dispatch_dtypes(lists, [&](auto p, auto s) {
+    emulate_typed<typename decltype(p)::type, typename decltype(s)::type, kLargeMetadata>(lists, h);
+  });
 }
 
 std::vector<int64_t> emulated_cuda_launch(
