@@ -11,6 +11,7 @@
 #pragma once
 
 #include "contract.h"
+#include "inna_math.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
@@ -46,6 +47,16 @@ struct InnaLists {
 };
 
 using InnaKernel = void (*)(const InnaLists&, const InnaHyper&);
+
+// For a backend: the per-call flags of the update (first_step is per tensor: the kernel sets it).
+inline InnaFlags call_flags(const InnaHyper& h) {
+  InnaFlags f{};
+  f.paper_init = h.paper_init;
+  f.scale_grad = contract::scales_grad(h.grad_scale.has_value(), h.maximize);
+  f.decoupled_wd = contract::decoupled_wd(h.decoupled_weight_decay, h.weight_decay);
+  f.coupled_wd = contract::coupled_wd(h.decoupled_weight_decay, h.weight_decay);
+  return f;
+}
 
 // For a backend: calls f(contract::TypeTag<scalar_t>{}, contract::TypeTag<phase_t>{}) with the
 // C++ types of the lists' param and phase dtypes.

@@ -366,11 +366,7 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
   const double lr = h.lr_tensor ? h.lr_tensor->item<double>() : h.lr;
   const double grad_factor = contract::grad_factor(
       h.grad_scale.has_value(), h.grad_scale ? h.grad_scale->item<double>() : 1.0, h.maximize);
-  InnaFlags base_flags{};
-  base_flags.paper_init = h.paper_init;
-  base_flags.scale_grad = contract::scales_grad(h.grad_scale.has_value(), h.maximize);
-  base_flags.decoupled_wd = contract::decoupled_wd(h.decoupled_weight_decay, h.weight_decay);
-  base_flags.coupled_wd = contract::coupled_wd(h.decoupled_weight_decay, h.weight_decay);
+  const InnaFlags base_flags = call_flags(h);
   const bool sr_theta = contract::rounds_stochastically<scalar_t>(h.stochastic_rounding);
   const bool sr_phase = contract::rounds_stochastically<phase_t>(h.stochastic_rounding);
   const auto seed = static_cast<uint64_t>(h.seed);

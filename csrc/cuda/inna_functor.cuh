@@ -236,10 +236,7 @@ inline InnaScalars make_scalars(const InnaHyper& h, const at::Device& device) {
   s.weight_decay = h.weight_decay;
   s.grad_scale = scalar_ref(h.grad_scale);
   s.found_inf = scalar_ref(h.found_inf);
-  s.flags.paper_init = h.paper_init;
-  s.flags.scale_grad = contract::scales_grad(h.grad_scale.has_value(), h.maximize);
-  s.flags.decoupled_wd = contract::decoupled_wd(h.decoupled_weight_decay, h.weight_decay);
-  s.flags.coupled_wd = contract::coupled_wd(h.decoupled_weight_decay, h.weight_decay);
+  s.flags = call_flags(h);
   s.maximize = h.maximize;
   s.seed = h.seed;
   s.stochastic_rounding = h.stochastic_rounding;
