@@ -15,6 +15,7 @@
 #include <c10/util/Half.h>
 
 #include <cmath>
+#include <string>
 #include <type_traits>
 
 namespace inna_fused {
@@ -22,19 +23,33 @@ namespace contract {
 
 // ---- Dtypes ------------------------------------------------------------------------------------
 
-// The param dtypes, as (C++ type, ScalarType) pairs: X(float, Float) ... Every backend
-// instantiates its kernel for each of them (with each state dtype below), and the op accepts
-// exactly these.
+// The param dtypes, as (C++ type, ScalarType, Python name): X(float, Float, "float32") ... Every
+// backend instantiates its kernel for each of them (with each state dtype below), the op and the
+// optimizer accept exactly these, and their error messages list them.
 #define INNA_FOR_EACH_PARAM_TYPE(X) \
-  X(float, Float)                   \
-  X(double, Double)                 \
-  X(c10::Half, Half)                \
-  X(c10::BFloat16, BFloat16)
+  X(float, Float, "float32")        \
+  X(double, Double, "float64")      \
+  X(c10::Half, Half, "float16")     \
+  X(c10::BFloat16, BFloat16, "bfloat16")
 
-constexpr const char* kParamDtypeNames = "float32, float64, float16 and bfloat16";
+// "float32, float64, float16 and bfloat16" (for error messages).
+inline std::string param_dtype_names() {
+  const char* names[] = {
+#define INNA_PARAM_DTYPE_NAME(ctype, name, python_name) python_name,
+      INNA_FOR_EACH_PARAM_TYPE(INNA_PARAM_DTYPE_NAME)
+#undef INNA_PARAM_DTYPE_NAME
+  };
+  const size_t n = sizeof(names) / sizeof(names[0]);
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    out += i == 0 ? "" : i + 1 == n ? " and " : ", ";
+    out += names[i];
+  }
+  return out;
+}
 
 C10_HOST_DEVICE constexpr bool is_param_dtype(at::ScalarType t) {
-#define INNA_IS_PARAM_DTYPE(ctype, name) t == at::ScalarType::name ||
+#define INNA_IS_PARAM_DTYPE(ctype, name, python_name) t == at::ScalarType::name ||
   return INNA_FOR_EACH_PARAM_TYPE(INNA_IS_PARAM_DTYPE) false;
 #undef INNA_IS_PARAM_DTYPE
 }
@@ -79,7 +94,7 @@ struct TypeTag {
 template <typename F>
 void dispatch_param_and_state(at::ScalarType param_dtype, bool low_precision_state, F&& f) {
   switch (param_dtype) {
-#define INNA_DISPATCH_CASE(ctype, name)                           \
+#define INNA_DISPATCH_CASE(ctype, name, python_name)              \
   case at::ScalarType::name:                                     \
     if (low_precision_state) {                                   \
       f(TypeTag<ctype>{}, TypeTag<LowPrecisionState>{});         \

@@ -161,7 +161,7 @@ void validate(at::TensorList params, at::TensorList grads, at::TensorList phases
                      " has layout ", p.layout(), "; only strided params are supported");
     TORCH_CHECK_TYPE(contract::is_param_dtype(p.scalar_type()), kOp, name("params", i),
                      " has dtype ", p.scalar_type(), "; supported are ",
-                     contract::kParamDtypeNames,
+                     contract::param_dtype_names(),
                      at::isComplexType(p.scalar_type())
                          ? " (pass complex params as torch.view_as_real views)" : "");
     TORCH_CHECK_TYPE(p.scalar_type() == dtype, kOp, name("params", i), " has dtype ",

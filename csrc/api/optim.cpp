@@ -190,7 +190,7 @@ void check_param_and_grad(const torch::Tensor& p, const torch::Tensor& g, size_t
                    "; only strided params are supported");
   const auto real_dtype = p.is_complex() ? c10::toRealValueType(p.scalar_type()) : p.scalar_type();
   TORCH_CHECK_TYPE(contract::is_param_dtype(real_dtype), "INNA: ", where(), " has dtype ",
-                   p.scalar_type(), "; supported are ", contract::kParamDtypeNames,
+                   p.scalar_type(), "; supported are ", contract::param_dtype_names(),
                    " (and complex64/complex128)");
   TORCH_CHECK_TYPE(g.layout() == at::kStrided, "INNA: the grad of ", where(),
                    " is sparse; INNA does not support sparse gradients");

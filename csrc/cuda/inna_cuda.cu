@@ -29,10 +29,10 @@ namespace mta {
   template __global__ void                                                           \
   multi_tensor_kernel<InnaFunctor<scalar_t, phase_t>, InnaMeta<capacity>, InnaScalars>( \
       const INNA_GRID_CONSTANT InnaMeta<capacity>, const InnaScalars);
-#define INNA_INSTANTIATE_SMALL(ctype, name)                          \
+#define INNA_INSTANTIATE_SMALL(ctype, name, python_name)             \
   INNA_INSTANTIATE(ctype, contract::opmath_t<ctype>, kSmallCapacity) \
   INNA_INSTANTIATE(ctype, contract::LowPrecisionState, kSmallCapacity)
-#define INNA_INSTANTIATE_LARGE(ctype, name)                          \
+#define INNA_INSTANTIATE_LARGE(ctype, name, python_name)             \
   INNA_INSTANTIATE(ctype, contract::opmath_t<ctype>, kLargeCapacity) \
   INNA_INSTANTIATE(ctype, contract::LowPrecisionState, kLargeCapacity)
 INNA_FOR_EACH_PARAM_TYPE(INNA_INSTANTIATE_SMALL)
