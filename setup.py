@@ -7,6 +7,8 @@ Environment switches:
     INNA_FUSED_SIMD=avx512|avx2|baseline   CPU SIMD level (default: the best this machine has)
     TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0" (needed when building without a GPU)
     INNA_FUSED_NVCC_VERBOSE=1   ptxas register/spill report per kernel (bench/gpu_check.sh)
+    INNA_FUSED_BUILD_TESTING=1  also build inna_fused._C_testing, the test-only ops (csrc/testing/:
+                                the CUDA launch emulation); tools/env.sh sets it
 """
 import glob
 import os
@@ -37,11 +39,21 @@ _set_cuda_home()
 from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 
+SOURCE_PATTERNS = {
+    # inna_fused._C. CMakeLists.txt globs the same patterns, minus csrc/module.cpp (the Python
+    # module init of inna_fused._C, which libtorch programs do not need).
+    "cpp": ["csrc/*.cpp", "csrc/cpu/*.cpp"],
+    "cu": ["csrc/cuda/*.cu"],
+    # inna_fused._C_testing: the test-only ops, with the op's validation they call (inna_op.cpp
+    # registers nothing, so both extensions may hold it). CMake's test-only target
+    # inna_fused_testing compiles csrc/testing/*.cpp minus module.cpp and links the library.
+    "testing": ["csrc/testing/*.cpp", "csrc/inna_op.cpp"],
+}
+
+
 def source_list(kind):
-    """The native sources. CMakeLists.txt globs the same two patterns, minus csrc/module.cpp (the
-    Python module init of inna_fused._C, which libtorch programs do not need)."""
-    pattern = {"cpp": "csrc/*.cpp", "cu": "csrc/cuda/*.cu"}[kind]
-    return sorted(glob.glob(pattern, root_dir=ROOT))  # setuptools wants relative paths
+    """The native sources of one kind (SOURCE_PATTERNS), relative (setuptools wants that)."""
+    return sorted(f for pattern in SOURCE_PATTERNS[kind] for f in glob.glob(pattern, root_dir=ROOT))
 
 
 def want_cuda():
@@ -74,7 +86,11 @@ def simd_flags():
     return SIMD_FLAGS[level]
 
 
-def extension():
+def want_testing():
+    return os.environ.get("INNA_FUSED_BUILD_TESTING") == "1"
+
+
+def extensions():
     # -fopenmp: at::parallel_for is header code that runs serially without it. The libgomp it links
     # is the one libtorch already loaded (same soname), so both share one thread pool.
     # -ffp-contract=off (and nvcc's --fmad=false): csrc/inna_math.h writes every fused multiply-add
@@ -83,6 +99,12 @@ def extension():
     cxx = ["-O3", "-ffp-contract=off", "-fopenmp", *simd_flags()]
     link = ["-fopenmp"]
     sources = source_list("cpp")
+    # The emulation runs the CUDA functor on the CPU; the tests compare it bit for bit with the CPU
+    # kernel, so it gets the same flags (-ffp-contract=off above all).
+    testing = ([cpp_extension.CppExtension("inna_fused._C_testing", source_list("testing"),
+                                           extra_compile_args={"cxx": cxx},
+                                           extra_link_args=link)]
+               if want_testing() else [])
     if want_cuda():
         cxx.append("-DINNA_WITH_CUDA")
         # No --use_fast_math: flush-to-zero and approximate division would break agreement with
@@ -90,15 +112,15 @@ def extension():
         nvcc = ["-O3", "-lineinfo", "--fmad=false"]
         if os.environ.get("INNA_FUSED_NVCC_VERBOSE") == "1":
             nvcc += ["-Xptxas", "-v"]  # registers, spills and stack per kernel in the build log
-        return cpp_extension.CUDAExtension(
+        return [cpp_extension.CUDAExtension(
             "inna_fused._C", sources + source_list("cu"),
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
-    return cpp_extension.CppExtension("inna_fused._C", sources, extra_compile_args={"cxx": cxx},
-                                      extra_link_args=link)
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link), *testing]
+    return [cpp_extension.CppExtension("inna_fused._C", sources, extra_compile_args={"cxx": cxx},
+                                       extra_link_args=link), *testing]
 
 
 setup(
     packages=find_packages(include=["inna_fused", "inna_fused.*"]),
-    ext_modules=[extension()],
+    ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension},
 )

@@ -132,8 +132,8 @@ def count_kernels(step, device) -> dict | None:
         return None
     inna = [n for n in names if "inna_" in n]
     return {"all_kernels": len(names), "inna_kernels": len(inna),
-            "inna_main": sum("inna_multi_tensor_kernel" in n for n in inna),
-            "inna_step_increment": sum("inna_step_increment_kernel" in n for n in inna)}
+            "inna_main": sum("multi_tensor_kernel" in n and "InnaFunctor" in n for n in inna),
+            "inna_step_increment": sum("step_increment_kernel" in n for n in inna)}
 
 
 def free():
@@ -208,7 +208,7 @@ def bench_state_dtypes(shapes, device, timer, args):
 
         def step():
             torch.ops.inna_fused.fused_inna_.tensor_lr(
-                params, phases, grads, steps, lr=lr, alpha=0.5, beta=0.1, decay_power=0.0,
+                params, grads, phases, steps, lr=lr, alpha=0.5, beta=0.1, decay_power=0.0,
                 weight_decay=0.0, decoupled_weight_decay=False, paper_init=True, maximize=False,
                 stochastic_rounding=True, seed=0)
 

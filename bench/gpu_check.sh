@@ -29,6 +29,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-16}
 export INNA_FUSED_CUDA=1
 export INNA_FUSED_NVCC_VERBOSE=1  # ptxas register/spill report in build.log
+export INNA_FUSED_BUILD_TESTING=1  # inna_fused._C_testing: the emulated-CUDA tests need it
 START=$(date +%s)
 SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"

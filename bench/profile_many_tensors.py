@@ -54,7 +54,7 @@ def main() -> None:
     def op(step_list, **extra):
         def call():
             try:
-                torch.ops.inna_fused.fused_inna_(params, psis, grads, step_list, **hyper, **extra)
+                torch.ops.inna_fused.fused_inna_(params, grads, psis, step_list, **hyper, **extra)
             except ValueError:
                 pass
         return call
@@ -78,9 +78,9 @@ def main() -> None:
         "op without kernel (found_inf=1)": op(steps, found_inf=skip),
         "op checks all tensors, then raises": op(bad_last),
         "op raises at the first tensor": op(bad_first),
-        **({"op unboxed (fused_inna_direct)": lambda: direct(params, psis, grads, steps, B.LR,
+        **({"op unboxed (fused_inna_direct)": lambda: direct(params, grads, psis, steps, B.LR,
                                                              scalars, None, None),
-            "op unboxed, found_inf=1": lambda: direct(params, psis, grads, steps, B.LR, scalars,
+            "op unboxed, found_inf=1": lambda: direct(params, grads, psis, steps, B.LR, scalars,
                                                       None, skip)}
            if direct is not None else {}),
         "fused step, one flat tensor": B.make_runner("fused", flat).step,

@@ -42,7 +42,7 @@
 
 namespace inna_fused {
 
-// a·b + c with one rounding. The Vectorized overload lives in inna_cpu.cpp (at::vec::fmadd).
+// a·b + c with one rounding. The Vectorized overload lives in cpu/inna_cpu.cpp (at::vec::fmadd).
 C10_HOST_DEVICE inline float fmadd(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
   return __fmaf_rn(a, b, c);

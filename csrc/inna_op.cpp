@@ -1,8 +1,12 @@
-// inna_op.cpp — schema of the fused INNA op, input validation and layout handling.
+// inna_op.cpp — input validation and layout handling of the fused INNA op (run_fused_inna). The
+// schema and its registration are op_schema.cpp: this file registers nothing, so the test-only
+// extension (testing/) can compile it too.
 //
 // Nothing here touches tensor data: validation runs over every tensor of the call first, so a bad
 // entry anywhere in a list raises before the first write (no half-updated lists).
 #include "inna_op.h"
+
+#include "contract.h"
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty_like.h>
@@ -16,35 +20,17 @@
 
 namespace inna_fused {
 
-at::ScalarType phase_dtype_for(at::ScalarType param_dtype) {
-  return param_dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 namespace {
 
 constexpr const char* kOp = "inna_fused::fused_inna_: ";
-
-bool is_supported_param_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 std::string name(const char* list, size_t i) {
   return std::string(list) + "[" + std::to_string(i) + "]";
 }
 
 void check_hyper(const InnaHyper& h) {
-  auto finite = [](double x) { return std::isfinite(x); };
-  if (!h.lr_tensor) {
-    TORCH_CHECK_VALUE(finite(h.lr) && h.lr >= 0, kOp, "invalid lr: ", h.lr, " (need finite lr >= 0)");
-  }
-  TORCH_CHECK_VALUE(finite(h.alpha) && h.alpha > 0, kOp, "invalid alpha: ", h.alpha,
-                    " (need finite alpha > 0)");
-  TORCH_CHECK_VALUE(finite(h.beta) && h.beta > 0, kOp, "invalid beta: ", h.beta,
-                    " (need finite beta > 0)");
-  TORCH_CHECK_VALUE(finite(h.decay_power) && h.decay_power >= 0, kOp,
-                    "invalid decay_power: ", h.decay_power, " (need finite decay_power >= 0)");
-  TORCH_CHECK_VALUE(finite(h.weight_decay) && h.weight_decay >= 0, kOp,
-                    "invalid weight_decay: ", h.weight_decay, " (need finite weight_decay >= 0)");
+  contract::check_hyper(kOp, /*check_lr=*/!h.lr_tensor, h.lr, h.alpha, h.beta, h.decay_power,
+                        "decay_power", h.weight_decay);
 }
 
 // A 1-element floating scalar tensor argument (lr, grad_scale, found_inf).
@@ -141,13 +127,13 @@ void check_reads_disjoint(const std::vector<Span>& written, const std::vector<Sp
   }
 }
 
-void validate(at::TensorList params, at::TensorList phases, at::TensorList grads,
+void validate(at::TensorList params, at::TensorList grads, at::TensorList phases,
               at::TensorList steps, const InnaHyper& h) {
   check_hyper(h);
   const size_t n = params.size();
   TORCH_CHECK_VALUE(phases.size() == n && grads.size() == n && steps.size() == n, kOp,
-                    "lists must have equal lengths, got params=", n, " phases=", phases.size(),
-                    " grads=", grads.size(), " steps=", steps.size());
+                    "lists must have equal lengths, got params=", n, " grads=", grads.size(),
+                    " phases=", phases.size(), " steps=", steps.size());
   if (n == 0) return;
 
   TORCH_CHECK_VALUE(params[0].defined(), kOp, "params[0] is an undefined tensor");
@@ -173,9 +159,9 @@ void validate(at::TensorList params, at::TensorList phases, at::TensorList grads
     TORCH_CHECK_VALUE(step.defined(), kOp, name("steps", i), " is an undefined tensor");
     TORCH_CHECK_TYPE(p.layout() == at::kStrided, kOp, name("params", i),
                      " has layout ", p.layout(), "; only strided params are supported");
-    TORCH_CHECK_TYPE(is_supported_param_dtype(p.scalar_type()), kOp, name("params", i),
-                     " has dtype ", p.scalar_type(),
-                     "; supported are float32, float64, float16 and bfloat16",
+    TORCH_CHECK_TYPE(contract::is_param_dtype(p.scalar_type()), kOp, name("params", i),
+                     " has dtype ", p.scalar_type(), "; supported are ",
+                     contract::param_dtype_names(),
                      at::isComplexType(p.scalar_type())
                          ? " (pass complex params as torch.view_as_real views)" : "");
     TORCH_CHECK_TYPE(p.scalar_type() == dtype, kOp, name("params", i), " has dtype ",
@@ -195,10 +181,10 @@ void validate(at::TensorList params, at::TensorList phases, at::TensorList grads
                       " but its param has shape ", p.sizes());
 
     TORCH_CHECK_TYPE(phase.layout() == at::kStrided, kOp, name("phases", i), " is not strided");
-    TORCH_CHECK_TYPE(phase.scalar_type() == phase_dtype_for(dtype) ||
-                         phase.scalar_type() == at::kBFloat16,
-                     kOp, name("phases", i), " has dtype ", phase.scalar_type(), "; a ", dtype,
-                     " param needs a ", phase_dtype_for(dtype), " or bfloat16 phase");
+    TORCH_CHECK_TYPE(contract::state_dtype_fits(dtype, phase.scalar_type()), kOp,
+                     name("phases", i), " has dtype ", phase.scalar_type(), "; a ", dtype,
+                     " param needs a ", contract::default_state_dtype(dtype), " or ",
+                     contract::kLowPrecisionStateDtype, " phase");
     TORCH_CHECK_TYPE(phase.scalar_type() == phase_dtype, kOp, name("phases", i), " has dtype ",
                      phase.scalar_type(), " but phases[0] has ", phase_dtype,
                      "; one call takes one phase dtype (group the lists by it)");
@@ -231,7 +217,7 @@ void validate(at::TensorList params, at::TensorList phases, at::TensorList grads
     check_scalar_tensor(*h.lr_tensor, "lr", device, /*cpu_allowed=*/true);
     if (h.lr_tensor->device().is_cpu()) {
       const double lr = h.lr_tensor->item<double>();
-      TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0, kOp, "invalid lr: ", lr,
+      TORCH_CHECK_VALUE(contract::valid_lr(lr), kOp, "invalid lr: ", lr,
                         " (need finite lr >= 0)");
     }
     read.push_back(span_of(*h.lr_tensor, "lr"));
@@ -268,9 +254,9 @@ bool flat_walkable(const at::Tensor& p, const at::Tensor& g, const at::Tensor& p
 
 }  // namespace
 
-void run_fused_inna(at::TensorList params, at::TensorList phases, at::TensorList grads,
+void run_fused_inna(at::TensorList params, at::TensorList grads, at::TensorList phases,
                     at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel) {
-  validate(params, phases, grads, steps, hyper);
+  validate(params, grads, phases, steps, hyper);
   const size_t n = params.size();
   if (n == 0) return;
 
@@ -321,41 +307,4 @@ void run_fused_inna(at::TensorList params, at::TensorList phases, at::TensorList
   }
 }
 
-namespace {
-
-// A sparse tensor anywhere in the call routes dispatch to a Sparse key; validation rejects it
-// there with the culprit's name instead of the dispatcher's "no kernel" error.
-void sparse_kernel(const InnaLists&, const InnaHyper&) {
-  TORCH_CHECK_TYPE(false, kOp, "sparse tensors are not supported");
-}
-
-}  // namespace
-
 }  // namespace inna_fused
-
-TORCH_LIBRARY_IMPL(inna_fused, SparseCPU, m) {
-  m.impl("fused_inna_", &inna_fused::fused_inna<inna_fused::sparse_kernel>);
-  m.impl("fused_inna_.tensor_lr", &inna_fused::fused_inna_tensor_lr<inna_fused::sparse_kernel>);
-}
-
-TORCH_LIBRARY_IMPL(inna_fused, SparseCUDA, m) {
-  m.impl("fused_inna_", &inna_fused::fused_inna<inna_fused::sparse_kernel>);
-  m.impl("fused_inna_.tensor_lr", &inna_fused::fused_inna_tensor_lr<inna_fused::sparse_kernel>);
-}
-
-// The schema, PyTorch conventions: in-place list op with a trailing underscore, one alias set per
-// mutated list, hyper-parameters keyword-only, returns nothing (like aten::_fused_adam_).
-TORCH_LIBRARY(inna_fused, m) {
-  m.def(
-      "fused_inna_(Tensor(a!)[] params, Tensor(b!)[] phases, Tensor[] grads, Tensor(c!)[] steps, "
-      "*, float lr, float alpha, float beta, float decay_power, float weight_decay, "
-      "bool decoupled_weight_decay, bool paper_init, bool maximize, "
-      "bool stochastic_rounding=True, int seed=0, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
-  m.def(
-      "fused_inna_.tensor_lr(Tensor(a!)[] params, Tensor(b!)[] phases, Tensor[] grads, "
-      "Tensor(c!)[] steps, *, Tensor lr, float alpha, float beta, float decay_power, "
-      "float weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize, "
-      "bool stochastic_rounding=True, int seed=0, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
-}

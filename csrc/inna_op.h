@@ -1,6 +1,6 @@
 // inna_op.h — the device-independent half of the fused INNA op.
 //
-// `inna_fused::fused_inna_` is defined once (inna_op.cpp). Each backend (inna_cpu.cpp, cuda/)
+// `inna_fused::fused_inna_` is defined once (op_schema.cpp). Each backend (cpu/, cuda/)
 // registers an implementation that calls run_fused_inna() with its own kernel. run_fused_inna()
 // validates every tensor of the call before anything is written (all-or-nothing), routes tensors
 // whose memory cannot be walked linearly through contiguous temporaries, and hands the backend
@@ -10,10 +10,14 @@
 // The state is the phase w = (α − 1/β)·θ + ψ/β (inna_math.h says why), not the paper's ψ.
 #pragma once
 
+#include "contract.h"
+#include "inna_math.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace inna_fused {
@@ -35,58 +39,86 @@ struct InnaHyper {
 };
 
 // What a backend kernel receives: equal-length lists, all of one device, one param dtype and one
-// phase dtype (phase_dtype_for(param dtype) or bfloat16); grads of the param dtype. steps[i] is a 1-element floating tensor holding k, the number
-// of steps entry i has taken; the kernel must increment it unless found_inf is set.
+// phase dtype (contract.h: state_dtype_fits); grads of the param dtype. steps[i] is a 1-element
+// floating tensor holding k, the number of steps entry i has taken; the kernel must increment it
+// unless found_inf is set.
 struct InnaLists {
-  std::vector<at::Tensor> params, phases, grads, steps;
+  std::vector<at::Tensor> params, grads, phases, steps;
 };
 
 using InnaKernel = void (*)(const InnaLists&, const InnaHyper&);
 
+// For a backend: the per-call flags of the update (first_step is per tensor: the kernel sets it).
+inline InnaFlags call_flags(const InnaHyper& h) {
+  InnaFlags f{};
+  f.paper_init = h.paper_init;
+  f.scale_grad = contract::scales_grad(h.grad_scale.has_value(), h.maximize);
+  f.decoupled_wd = contract::decoupled_wd(h.decoupled_weight_decay, h.weight_decay);
+  f.coupled_wd = contract::coupled_wd(h.decoupled_weight_decay, h.weight_decay);
+  return f;
+}
+
+// For a backend: calls f(contract::TypeTag<scalar_t>{}, contract::TypeTag<phase_t>{}) with the
+// C++ types of the lists' param and phase dtypes.
+template <typename F>
+void dispatch_dtypes(const InnaLists& lists, F&& f) {
+  contract::dispatch_param_and_state(
+      lists.params[0].scalar_type(),
+      lists.phases[0].scalar_type() == contract::kLowPrecisionStateDtype, std::forward<F>(f));
+}
+
 // Validate, prepare and run. Throws (c10::Error → RuntimeError/ValueError/TypeError in Python)
 // before any write when anything is wrong.
-void run_fused_inna(at::TensorList params, at::TensorList phases, at::TensorList grads,
+void run_fused_inna(at::TensorList params, at::TensorList grads, at::TensorList phases,
                     at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel);
-
-// The default phase dtype (and the arithmetic's) for a param dtype: float32 for 16/32-bit floats,
-// float64 for float64. bfloat16 is the other phase dtype every param dtype accepts.
-at::ScalarType phase_dtype_for(at::ScalarType param_dtype);
 
 }  // namespace inna_fused
 
 namespace inna_fused {
 
+// The op's scalar arguments, in the schema's order, as an InnaHyper (a designated initialiser
+// names every field; C++ code with fewer arguments writes InnaHyper{.lr = ..., .beta = ...}).
+inline InnaHyper op_hyper(double lr, const std::optional<at::Tensor>& lr_tensor, double alpha,
+                          double beta, double decay_power, double weight_decay,
+                          bool decoupled_weight_decay, bool paper_init, bool maximize,
+                          bool stochastic_rounding, int64_t seed,
+                          const std::optional<at::Tensor>& grad_scale,
+                          const std::optional<at::Tensor>& found_inf) {
+  return InnaHyper{.lr = lr, .lr_tensor = lr_tensor, .alpha = alpha, .beta = beta,
+                   .decay_power = decay_power, .weight_decay = weight_decay,
+                   .decoupled_weight_decay = decoupled_weight_decay, .paper_init = paper_init,
+                   .maximize = maximize, .stochastic_rounding = stochastic_rounding,
+                   .seed = seed, .grad_scale = grad_scale, .found_inf = found_inf};
+}
+
 // The two overloads of the op, parameterised by the backend kernel; a backend registers them with
 //   m.impl("fused_inna_", &fused_inna<my_kernel>);
 //   m.impl("fused_inna_.tensor_lr", &fused_inna_tensor_lr<my_kernel>);
 template <InnaKernel Kernel>
-void fused_inna(at::TensorList params, at::TensorList phases, at::TensorList grads,
+void fused_inna(at::TensorList params, at::TensorList grads, at::TensorList phases,
                 at::TensorList steps, double lr, double alpha, double beta, double decay_power,
                 double weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize,
                 bool stochastic_rounding, int64_t seed,
                 const std::optional<at::Tensor>& grad_scale,
                 const std::optional<at::Tensor>& found_inf) {
-  const InnaHyper h{.lr = lr, .alpha = alpha, .beta = beta, .decay_power = decay_power,
-                    .weight_decay = weight_decay,
-                    .decoupled_weight_decay = decoupled_weight_decay, .paper_init = paper_init,
-                    .maximize = maximize, .stochastic_rounding = stochastic_rounding,
-                    .seed = seed, .grad_scale = grad_scale, .found_inf = found_inf};
-  run_fused_inna(params, phases, grads, steps, h, Kernel);
+  run_fused_inna(params, grads, phases, steps,
+                 op_hyper(lr, std::nullopt, alpha, beta, decay_power, weight_decay,
+                          decoupled_weight_decay, paper_init, maximize, stochastic_rounding, seed,
+                          grad_scale, found_inf),
+                 Kernel);
 }
 
 template <InnaKernel Kernel>
-void fused_inna_tensor_lr(at::TensorList params, at::TensorList phases, at::TensorList grads,
+void fused_inna_tensor_lr(at::TensorList params, at::TensorList grads, at::TensorList phases,
                           at::TensorList steps, const at::Tensor& lr, double alpha, double beta,
                           double decay_power, double weight_decay, bool decoupled_weight_decay,
                           bool paper_init, bool maximize, bool stochastic_rounding, int64_t seed,
                           const std::optional<at::Tensor>& grad_scale,
                           const std::optional<at::Tensor>& found_inf) {
-  const InnaHyper h{.lr = 0.0, .lr_tensor = lr, .alpha = alpha, .beta = beta,
-                    .decay_power = decay_power, .weight_decay = weight_decay,
-                    .decoupled_weight_decay = decoupled_weight_decay, .paper_init = paper_init,
-                    .maximize = maximize, .stochastic_rounding = stochastic_rounding,
-                    .seed = seed, .grad_scale = grad_scale, .found_inf = found_inf};
-  run_fused_inna(params, phases, grads, steps, h, Kernel);
+  run_fused_inna(params, grads, phases, steps,
+                 op_hyper(0.0, lr, alpha, beta, decay_power, weight_decay, decoupled_weight_decay,
+                          paper_init, maximize, stochastic_rounding, seed, grad_scale, found_inf),
+                 Kernel);
 }
 
 }  // namespace inna_fused

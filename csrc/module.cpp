@@ -1,7 +1,7 @@
 // module.cpp — the Python extension module `inna_fused._C`.
 //
 // Importing it loads the shared library, whose static initialisers register the op with the
-// dispatcher (TORCH_LIBRARY in inna_op.cpp, one TORCH_LIBRARY_IMPL per backend). The module itself
+// dispatcher (TORCH_LIBRARY in op_schema.cpp, one TORCH_LIBRARY_IMPL per backend). The module itself
 // only reports how it was built; the op is called as torch.ops.inna_fused.fused_inna_, except
 // by INNA.step's planned steps, which call it through fused_inna_direct below.
 #include <Python.h>
@@ -36,7 +36,7 @@ PyObject* cuda_compiled(PyObject*, PyObject*) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fused_inna_direct(params, phases, grads, steps, lr, scalars, grad_scale, found_inf) -> bool
+// fused_inna_direct(params, grads, phases, steps, lr, scalars, grad_scale, found_inf) -> bool
 //
 // The same op as torch.ops.inna_fused.fused_inna_, called unboxed. From Python, torch.ops boxes
 // every tensor of the four lists into IValues and the dispatcher unboxes them again (~0.4 us per

@@ -68,7 +68,7 @@ def build_info() -> dict:
     }
 
 
-def _fake_fused_inna(params, phases, grads, steps, *, lr, alpha, beta, decay_power, weight_decay,
+def _fake_fused_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,
                      decoupled_weight_decay, paper_init, maximize, stochastic_rounding=True,
                      seed=0, grad_scale=None, found_inf=None):
     # Shape- and device-level checks only; the real op validates values and memory. The device

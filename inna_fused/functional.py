@@ -264,13 +264,13 @@ def step_plain_fused(params, grads, phases, steps, device, kwargs, grad_scale=No
         found_inf = found_inf.to(device, non_blocking=True)
     lr = kwargs["lr"]
     if _DIRECT is not None and _DIRECT(
-            params, phases, grads, steps, lr,
+            params, grads, phases, steps, lr,
             (kwargs["alpha"], kwargs["beta"], kwargs["decay_power"], kwargs["weight_decay"],
              kwargs["decoupled_weight_decay"], kwargs["paper_init"], kwargs["maximize"],
              kwargs["stochastic_rounding"], kwargs["seed"]), grad_scale, found_inf):
         return
     op = _OP_TENSOR_LR if isinstance(lr, Tensor) else _OP
-    op(params, phases, grads, steps, **kwargs, grad_scale=grad_scale, found_inf=found_inf)
+    op(params, grads, phases, steps, **kwargs, grad_scale=grad_scale, found_inf=found_inf)
 
 
 _DIRECT = None
@@ -287,16 +287,16 @@ def _fused_inna(params, grads, phases, steps, *, lr, psi_init, grad_scale, found
     # The op borrows the lists' tensors with the GIL released: it gets its own lists.
     if (_DIRECT is not None and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and _DIRECT(
-                list(params), list(phases), list(grads), list(steps),
+                list(params), list(grads), list(phases), list(steps),
                 lr if isinstance(lr, Tensor) else float(lr),
                 (hyper["alpha"], hyper["beta"], hyper["decay_power"], hyper["weight_decay"],
                  hyper["decoupled_weight_decay"], kwargs["paper_init"], hyper["maximize"],
                  hyper["stochastic_rounding"], hyper["seed"]), grad_scale, found_inf)):
         return
     if isinstance(lr, Tensor):
-        torch.ops.inna_fused.fused_inna_.tensor_lr(params, phases, grads, steps, lr=lr, **kwargs)
+        torch.ops.inna_fused.fused_inna_.tensor_lr(params, grads, phases, steps, lr=lr, **kwargs)
     else:
-        torch.ops.inna_fused.fused_inna_(params, phases, grads, steps, lr=float(lr), **kwargs)
+        torch.ops.inna_fused.fused_inna_(params, grads, phases, steps, lr=float(lr), **kwargs)
 
 
 def _host_scalars(lr, grad_scale, found_inf, maximize):

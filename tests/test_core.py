@@ -281,7 +281,7 @@ def test_op_updates_strided_views_in_place():
     phase = torch.empty(view.shape, dtype=torch.float64)
     g = torch.randn(view.shape, dtype=torch.float64)
     expected, exp_psi = view.clone(), phase.clone()
-    torch.ops.inna_fused.fused_inna_([view], [phase], [g], [torch.zeros(())], lr=0.1, alpha=0.5,
+    torch.ops.inna_fused.fused_inna_([view], [g], [phase], [torch.zeros(())], lr=0.1, alpha=0.5,
                                      beta=0.1, decay_power=0.0, weight_decay=0.0,
                                      decoupled_weight_decay=False, paper_init=True, maximize=False)
     inna_reference_(expected, exp_psi, g, 0, lr=0.1, alpha=0.5, beta=0.1)
@@ -366,7 +366,7 @@ def test_opcheck(overload, dtype, phase_dtype):
                   stochastic_rounding=True, seed=7)
     op = getattr(torch.ops.inna_fused.fused_inna_, overload)
     kwargs["lr"] = torch.tensor(0.1) if overload == "tensor_lr" else 0.1
-    torch.library.opcheck(op, (params, phases, grads, steps), kwargs)
+    torch.library.opcheck(op, (params, grads, phases, steps), kwargs)
 
 
 BAD_HYPER = [
@@ -418,7 +418,7 @@ def test_op_rejects_bad_hyperparameters_without_writing():
     p = torch.randn(5)
     before = p.clone()
     with pytest.raises(ValueError, match="beta"):
-        torch.ops.inna_fused.fused_inna_([p], [torch.empty(5)], [torch.randn(5)], [torch.zeros(())],
+        torch.ops.inna_fused.fused_inna_([p], [torch.randn(5)], [torch.empty(5)], [torch.zeros(())],
                                          lr=0.1, alpha=0.5, beta=0.0, decay_power=0.0,
                                          weight_decay=0.0, decoupled_weight_decay=False,
                                          paper_init=True, maximize=False)

@@ -42,7 +42,7 @@ def _fused_steps(params, grads, steps=3, threads=None, phase_dtype=None,
         counts = [torch.zeros((), dtype=torch.float32) for _ in params]
         for _ in range(steps):
             torch.ops.inna_fused.fused_inna_(
-                params, phases, grads, counts, lr=hyper["lr"], alpha=hyper["alpha"],
+                params, grads, phases, counts, lr=hyper["lr"], alpha=hyper["alpha"],
                 beta=hyper["beta"], decay_power=hyper["decay_power"],
                 weight_decay=hyper["weight_decay"], decoupled_weight_decay=False,
                 paper_init=True, maximize=False, stochastic_rounding=stochastic_rounding, seed=5)

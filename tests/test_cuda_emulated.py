@@ -1,12 +1,17 @@
 """The CUDA backend's launch logic, run on the CPU (no GPU needed; `pytest -k emulated`).
 
 `torch.ops.inna_fused._emulated_cuda_launch_` packs the lists with the CUDA launcher's host code
-(csrc/cuda/multi_tensor.cuh) and runs the kernel's per-thread block function over an emulated
-grid; `_cuda_launch_plan` packs sizes only. Results are compared with inna_fused.reference run in
+(csrc/cuda/multi_tensor_apply.cuh) and runs the kernel's functor (csrc/cuda/inna_functor.cuh) over
+an emulated grid; `_cuda_launch_plan` packs sizes only. These test-only ops live in the test-only
+extension inna_fused._C_testing (csrc/testing/, built with INNA_FUSED_BUILD_TESTING=1, as
+tools/env.sh does), never in inna_fused._C. Results are compared with inna_fused.reference run in
 float64 (its ψ converted to the kernels' phase, inna_cuda_helpers.Truth), and, with stochastic
 rounding, bit for bit with the CPU kernel.
 """
+import importlib
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,9 +21,32 @@ import inna_fused
 from inna_cuda_helpers import (DTYPE_IDS, HYPER_CASES, Truth, assert_matches, make_grads,
                                make_tensors, opmath_dtype)
 
-pytestmark = pytest.mark.skipif(
-    not inna_fused.kernel_available("cpu"),
-    reason=f"compiled extension not loaded: {inna_fused.load_error()}")
+
+
+def _load_testing_ops():
+    """Registers the test-only ops; returns why they are missing, or None."""
+    if not inna_fused.kernel_available("cpu"):
+        return f"compiled extension not loaded: {inna_fused.load_error()}"
+    try:
+        importlib.import_module("inna_fused._C_testing")  # its import registers the ops
+    except ImportError as e:
+        return ("test-only extension inna_fused._C_testing not built (build with "
+                f"INNA_FUSED_BUILD_TESTING=1, as tools/env.sh does): {e}")
+    return None
+
+
+_MISSING = _load_testing_ops()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+
+
+def test_users_extension_has_no_test_only_ops():
+    """inna_fused._C alone (what users load) registers the op but none of the test-only ops."""
+    code = ("import torch, inna_fused\n"
+            "assert inna_fused.kernel_available('cpu')\n"
+            "ns = torch.ops.inna_fused\n"
+            "for name in ('_emulated_cuda_launch_', '_cuda_launch_plan', '_cuda_launch_constants'):\n"
+            "    assert not hasattr(ns, name), name\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 STATE_IDS = {"opmath": "opmath-phase", "bf16": "bf16-phase"}
@@ -44,7 +72,7 @@ def emulated_step(params, phases, grads, steps, *, lr, alpha=0.5, beta=0.1, deca
     """One emulated step. Stochastic rounding is off unless asked: the agreement tests compare
     with a deterministic reference."""
     stats = torch.ops.inna_fused._emulated_cuda_launch_(
-        params, phases, grads, steps, lr=lr, alpha=alpha, beta=beta, decay_power=decay_power,
+        params, grads, phases, steps, lr=lr, alpha=alpha, beta=beta, decay_power=decay_power,
         weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
         paper_init=psi_init == "paper", maximize=maximize,
         stochastic_rounding=stochastic_rounding, seed=seed, lr_tensor=lr_tensor,
@@ -397,7 +425,7 @@ def emulated_sr(params, phases, grads, steps, seed, **hyper):
 
 def cpu_sr(params, phases, grads, steps, seed, lr, decay_power=0.0, weight_decay=0.0):
     torch.ops.inna_fused.fused_inna_(
-        params, phases, grads, steps, lr=lr, alpha=0.5, beta=0.1, decay_power=decay_power,
+        params, grads, phases, steps, lr=lr, alpha=0.5, beta=0.1, decay_power=decay_power,
         weight_decay=weight_decay, decoupled_weight_decay=False, paper_init=True,
         maximize=False, stochastic_rounding=True, seed=seed)
 

@@ -196,7 +196,7 @@ def call_op(case):
     op = torch.ops.inna_fused.fused_inna_
     if isinstance(hyper["lr"], torch.Tensor):
         op = op.tensor_lr
-    op(case["params"], case["phases"], case["grads"], case["steps"], **hyper)
+    op(case["params"], case["grads"], case["phases"], case["steps"], **hyper)
 
 
 def reference_result(case):

@@ -82,7 +82,7 @@ def call_op(lists, **overrides):
     op = torch.ops.inna_fused.fused_inna_
     if isinstance(hyper["lr"], torch.Tensor):
         op = op.tensor_lr
-    op(lists["params"], lists["phases"], lists["grads"], lists["steps"], **hyper)
+    op(lists["params"], lists["grads"], lists["phases"], lists["steps"], **hyper)
 
 
 def call_functional(impl):

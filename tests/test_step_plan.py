@@ -357,11 +357,11 @@ def test_op_finds_a_grad_aliasing_a_written_tensor_in_any_address_order(order, v
     hyper = dict(lr=0.1, alpha=0.5, beta=0.1, decay_power=0.0, weight_decay=0.0,
                  decoupled_weight_decay=False, paper_init=True, maximize=False)
     with pytest.raises(ValueError, match=rf"grads\[{at}\] and {victim}\[5\] overlap"):
-        torch.ops.inna_fused.fused_inna_(params, phases, grads, steps, **hyper)
+        torch.ops.inna_fused.fused_inna_(params, grads, phases, steps, **hyper)
     for a, b in zip(params + phases + steps, before):
         assert torch.equal(a, b)
     grads[at] = torch.randn(8)
-    torch.ops.inna_fused.fused_inna_(params, phases, grads, steps, **hyper)
+    torch.ops.inna_fused.fused_inna_(params, grads, phases, steps, **hyper)
 
 
 @pytest.mark.parametrize("frozen", [False, True])

@@ -2,7 +2,8 @@
 # Create (or refresh) ./.venv with torch and the dev tools, then build inna_fused in place.
 #   bash tools/env.sh            # then: .venv/bin/python -m inna_fused bench
 # Environment: VENV (default .venv), INNA_FUSED_CUDA=0|1 (default: build CUDA when a toolkit is
-# found), TORCH_CUDA_ARCH_LIST (default "8.0;9.0" when no GPU is visible).
+# found), TORCH_CUDA_ARCH_LIST (default "8.0;9.0" when no GPU is visible),
+# INNA_FUSED_BUILD_TESTING=1|0 (default 1: also build the test-only extension).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -37,5 +38,8 @@ if [ -z "${CUDA_HOME:-}" ]; then
 fi
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+# The test-only extension inna_fused._C_testing (csrc/testing/: the CUDA launch emulation that
+# tests/test_cuda_emulated.py runs); users' builds (pip install .) leave it out.
+export INNA_FUSED_BUILD_TESTING="${INNA_FUSED_BUILD_TESTING:-1}"
 "$VENV/bin/python" -m pip install -q --no-build-isolation -e . 
 "$VENV/bin/python" -m inna_fused info

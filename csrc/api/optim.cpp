@@ -6,6 +6,8 @@
 // the CPU or CUDA kernel is chosen by device).
 #include "inna_fused/optim.h"
 
+#include "contract.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
 #include <torch/serialize/archive.h>
@@ -31,10 +33,6 @@ std::string to_string(PsiInit psi_init) {
 
 namespace {
 
-bool is_state_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16;
-}
-
 // The archive spelling of state_dtype: "default" or the dtype's Python name.
 std::string state_dtype_name(std::optional<at::ScalarType> t) {
   if (!t) return "default";
@@ -58,13 +56,13 @@ std::optional<at::ScalarType> state_dtype_from_name(const std::string& name) {
 
 at::ScalarType resolve_state_dtype(std::optional<at::ScalarType> state_dtype,
                                    at::ScalarType param_dtype) {
-  const at::ScalarType natural = param_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType natural = contract::default_state_dtype(param_dtype);
   if (!state_dtype) return natural;
-  TORCH_CHECK_VALUE(is_state_dtype(*state_dtype), "INNA: invalid state_dtype: ", *state_dtype,
-                    " (choose float32, float64 or bfloat16)");
-  TORCH_CHECK_VALUE(*state_dtype == at::kBFloat16 || *state_dtype == natural,
+  TORCH_CHECK_VALUE(contract::is_state_dtype(*state_dtype), "INNA: invalid state_dtype: ",
+                    *state_dtype, " (choose ", contract::kStateDtypeNames, ")");
+  TORCH_CHECK_VALUE(contract::state_dtype_fits(param_dtype, *state_dtype),
                     "INNA: state_dtype ", *state_dtype, " does not fit a ", param_dtype,
-                    " param (it takes ", natural, " or bfloat16)");
+                    " param (it takes ", natural, " or ", contract::kLowPrecisionStateDtype, ")");
   return *state_dtype;
 }
 
@@ -73,22 +71,13 @@ at::ScalarType resolve_state_dtype(std::optional<at::ScalarType> state_dtype,
 INNAOptions::INNAOptions(double lr) : lr_(lr) {}
 
 void INNAOptions::validate() const {
-  auto finite = [](double x) { return std::isfinite(x); };
-  TORCH_CHECK_VALUE(finite(lr()) && lr() >= 0, "INNA: invalid lr: ", lr(),
-                    " (need finite lr >= 0)");
-  TORCH_CHECK_VALUE(finite(alpha()) && alpha() > 0, "INNA: invalid alpha: ", alpha(),
-                    " (need finite alpha > 0)");
-  TORCH_CHECK_VALUE(finite(beta()) && beta() > 0, "INNA: invalid beta: ", beta(),
-                    " (need finite beta > 0)");
-  TORCH_CHECK_VALUE(finite(decaypower()) && decaypower() >= 0, "INNA: invalid decaypower: ",
-                    decaypower(), " (need finite decaypower >= 0)");
-  TORCH_CHECK_VALUE(finite(weight_decay()) && weight_decay() >= 0,
-                    "INNA: invalid weight_decay: ", weight_decay(),
-                    " (need finite weight_decay >= 0)");
+  contract::check_hyper("INNA: ", /*check_lr=*/true, lr(), alpha(), beta(), decaypower(),
+                        "decaypower", weight_decay());
   TORCH_CHECK_VALUE(psi_init() == PsiInit::Paper || psi_init() == PsiInit::Zero,
                     "INNA: invalid psi_init value ", static_cast<int>(psi_init()));
-  TORCH_CHECK_VALUE(!state_dtype() || is_state_dtype(*state_dtype()), "INNA: invalid state_dtype: ",
-                    *state_dtype(), " (choose float32, float64 or bfloat16)");
+  TORCH_CHECK_VALUE(!state_dtype() || contract::is_state_dtype(*state_dtype()),
+                    "INNA: invalid state_dtype: ", *state_dtype(), " (choose ",
+                    contract::kStateDtypeNames, ")");
 }
 
 bool operator==(const INNAOptions& lhs, const INNAOptions& rhs) {
@@ -184,10 +173,6 @@ void check_kernel_for(const at::Device& device) {
               device.is_cuda() ? "-DINNA_FUSED_WITH_CUDA=ON)" : "the matching backend)");
 }
 
-bool is_supported_param_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
 // The real view the kernel updates (complex tensors as (..., 2) real tensors).
 torch::Tensor real_view(const torch::Tensor& t) {
   return t.is_complex() ? torch::view_as_real(t) : t;
@@ -204,9 +189,9 @@ void check_param_and_grad(const torch::Tensor& p, const torch::Tensor& g, size_t
   TORCH_CHECK_TYPE(p.layout() == at::kStrided, "INNA: ", where(), " has layout ", p.layout(),
                    "; only strided params are supported");
   const auto real_dtype = p.is_complex() ? c10::toRealValueType(p.scalar_type()) : p.scalar_type();
-  TORCH_CHECK_TYPE(is_supported_param_dtype(real_dtype), "INNA: ", where(), " has dtype ",
-                   p.scalar_type(), "; supported are float32, float64, float16 and bfloat16 ",
-                   "(and complex64/complex128)");
+  TORCH_CHECK_TYPE(contract::is_param_dtype(real_dtype), "INNA: ", where(), " has dtype ",
+                   p.scalar_type(), "; supported are ", contract::param_dtype_names(),
+                   " (and complex64/complex128)");
   TORCH_CHECK_TYPE(g.layout() == at::kStrided, "INNA: the grad of ", where(),
                    " is sparse; INNA does not support sparse gradients");
   TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), "INNA: the grad of ", where(),
@@ -235,15 +220,15 @@ std::pair<at::ScalarType, std::vector<int64_t>> phase_layout(const torch::Tensor
 struct Bucket {
   at::Device device;
   at::ScalarType dtype, phase_dtype;
-  std::vector<at::Tensor> params, phases, grads, steps;
+  std::vector<at::Tensor> params, grads, phases, steps;
 };
 
 }  // namespace
 
-void fused_inna_(at::TensorList params, at::TensorList phases, at::TensorList grads,
+void fused_inna_(at::TensorList params, at::TensorList grads, at::TensorList phases,
                  at::TensorList steps, const INNAOptions& options) {
   static const auto op = fused_inna_op().typed<FusedInnaSignature>();
-  op.call(params, phases, grads, steps, options.lr(), options.alpha(), options.beta(),
+  op.call(params, grads, phases, steps, options.lr(), options.alpha(), options.beta(),
           options.decaypower(), options.weight_decay(), options.decoupled_weight_decay(),
           options.psi_init() == PsiInit::Paper, options.maximize(), options.stochastic_rounding(),
           options.seed(), std::nullopt, std::nullopt);
@@ -265,7 +250,7 @@ const INNAOptions& inna_options_of(const torch::optim::OptimizerParamGroup& grou
 void check_state_dtype(const std::vector<torch::Tensor>& params, const INNAOptions& options) {
   for (const auto& p : params) {
     const auto real = p.is_complex() ? c10::toRealValueType(p.scalar_type()) : p.scalar_type();
-    if (is_supported_param_dtype(real)) resolve_state_dtype(options.state_dtype(), real);
+    if (contract::is_param_dtype(real)) resolve_state_dtype(options.state_dtype(), real);
   }
 }
 
@@ -389,7 +374,7 @@ torch::Tensor INNA::step(LossClosure closure) {
       it->steps.push_back(st.step());
     }
     for (const auto& bucket : buckets) {
-      fused_inna_(bucket.params, bucket.phases, bucket.grads, bucket.steps, options);
+      fused_inna_(bucket.params, bucket.grads, bucket.phases, bucket.steps, options);
     }
   }
   return loss;

@@ -25,7 +25,7 @@ int main() {
   const auto expected = theta - lr * grad;
   auto phase = at::zeros_like(theta);
   auto step = at::zeros({}, at::kFloat);
-  op.call({theta}, {phase}, {grad}, {step}, lr, 0.5, 0.1, 0.0, 0.0, false, /*paper_init=*/true,
+  op.call({theta}, {grad}, {phase}, {step}, lr, 0.5, 0.1, 0.0, 0.0, false, /*paper_init=*/true,
           false, /*stochastic_rounding=*/true, /*seed=*/0, std::nullopt, std::nullopt);
   const bool sgd_step = at::allclose(theta, expected, 1e-12, 1e-12) && step.item<double>() == 1.0;
   std::printf("PASS registration_kept\n%s first_step_is_sgd\n", sgd_step ? "PASS" : "FAIL");

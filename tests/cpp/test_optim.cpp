@@ -308,7 +308,7 @@ void optimizer_matches_op_called_directly() {
     opt.step();
     for (auto& d : direct) {
       const auto& o = options[d.group];
-      op.call(d.params, d.phases, d.grads, d.steps, o.lr(), o.alpha(), o.beta(), o.decaypower(),
+      op.call(d.params, d.grads, d.phases, d.steps, o.lr(), o.alpha(), o.beta(), o.decaypower(),
               o.weight_decay(), o.decoupled_weight_decay(), o.psi_init() == PsiInit::Paper,
               o.maximize(), o.stochastic_rounding(), o.seed(), std::nullopt, std::nullopt);
     }

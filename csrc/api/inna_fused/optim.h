@@ -143,7 +143,7 @@ class INNA : public torch::optim::Optimizer {
 // float tensors). The op validates everything before writing. This is what INNA::step() calls per
 // (device, param dtype, phase dtype) of a group; options.state_dtype() is not consulted here (the
 // phases' dtype is).
-void fused_inna_(at::TensorList params, at::TensorList phases, at::TensorList grads,
+void fused_inna_(at::TensorList params, at::TensorList grads, at::TensorList phases,
                  at::TensorList steps, const INNAOptions& options);
 
 // SIMD level the CPU kernel was compiled for, e.g. "AVX2+FMA+F16C".

@@ -1,17 +1,20 @@
-// inna_emulate.cpp — test-only ops that run the CUDA backend's launch logic on the CPU.
+// testing/emulate.cpp — test-only ops that run the CUDA backend's launch plan on the CPU. Built
+// into the test-only extension inna_fused._C_testing (setup.py, INNA_FUSED_BUILD_TESTING=1) and
+// the test-only CMake target inna_fused_testing, never into users' inna_fused._C.
 //
 // CI has no GPU. These ops take CPU tensors, pack them with the same host code as the CUDA
-// launcher (cuda/multi_tensor.cuh: collect_entries, launch_all, make_scalars) and run the same
-// per-thread block function over an emulated grid: for each block, every thread's share of the
-// chunk, then (the block barrier) every thread's finishing step; then the step-increment launch.
-// Only the <<<...>>> launch itself and nvcc's code generation are not covered. They are compiled
-// in every build (CPU-only ones too) and are not part of the public API:
+// launcher (cuda/multi_tensor_apply.cuh: collect_entries, launch_all; cuda/inna_functor.cuh:
+// make_scalars) and run the same functor over an emulated grid (emulate_main_launch: for each
+// block, every thread's share of the chunk, then, the block barrier, every thread's
+// block_finish; then the step-increment launch). Only the <<<...>>> launch itself and nvcc's code
+// generation are not covered. They are not part of the public API:
 //
 //   _emulated_cuda_launch_(...)      the fused step, emulated; returns launch statistics
 //   _cuda_launch_plan(numels, ...)   the packing of tensors of the given sizes, without data
 //   _cuda_launch_constants()         chunk size, capacities and block sizes the packing uses
-#include "cuda/multi_tensor.cuh"
-#include "inna_op.h"
+#include "../contract.h"
+#include "../cuda/inna_functor.cuh"
+#include "../inna_op.h"
 
 #include <torch/library.h>
 
@@ -35,58 +38,34 @@ thread_local EmulationStats emulation_stats;
 template <typename scalar_t, typename phase_t, bool kLargeMetadata>
 void emulate_typed(const InnaLists& lists, const InnaHyper& h) {
   const InnaScalars scalars = make_scalars(h, lists.params[0].device());
-  std::vector<TensorEntry> entries;
+  std::vector<TensorEntry<kInnaDepth>> entries;
   std::vector<TaggedStep> late_steps;
-  collect_entries(lists, entries, late_steps);
+  collect_inna_entries(lists, entries, late_steps);
   EmulationStats& stats = emulation_stats;
   stats.launch = launch_all<kLargeMetadata>(
       entries, late_steps,
       [&](const auto& meta, int64_t blocks, int block_size) {
-        for (int64_t block = 0; block < blocks; ++block) {
-          for (int thread = 0; thread < block_size; ++thread) {
-            const int32_t path =
-                inna_block_thread<scalar_t, phase_t>(block, thread, block_size, meta, scalars);
-            if (thread == 0) {
-              stats.vector_blocks += path == kVectorPath;
-              stats.scalar_blocks += path == kScalarPath;
-              stats.skipped_blocks += path == kSkipped;
-            }
-          }
-          for (int thread = 0; thread < block_size; ++thread) {
-            inna_block_finish(block, thread, meta, scalars);
-          }
-        }
+        emulate_main_launch<InnaFunctor<scalar_t, phase_t>>(
+            meta, blocks, block_size, scalars, [&](int64_t, int thread, int32_t path) {
+              if (thread == 0) {
+                stats.vector_blocks += path == kVectorPath;
+                stats.scalar_blocks += path == kScalarPath;
+                stats.skipped_blocks += path == kSkipped;
+              }
+            });
       },
-      [&](const StepMeta& meta) {
-        const int threads = (meta.count + 31) / 32 * 32;
-        for (int thread = 0; thread < threads; ++thread) step_increment_thread(thread, meta, scalars);
-      });
-}
-
-// The phase is either in the opmath type or in bfloat16 (run_fused_inna checked which).
-template <typename scalar_t, bool kLargeMetadata>
-void emulate_phase(const InnaLists& lists, const InnaHyper& h) {
-  using opmath_t = typename OpMath<scalar_t>::type;
-  if (lists.phases[0].scalar_type() == at::kBFloat16) {
-    emulate_typed<scalar_t, c10::BFloat16, kLargeMetadata>(lists, h);
-  } else {
-    emulate_typed<scalar_t, opmath_t, kLargeMetadata>(lists, h);
-  }
+      [&](const StepMeta& meta) { emulate_step_launch(meta, scalars.found_inf); });
 }
 
 template <bool kLargeMetadata>
 void emulated_kernel(const InnaLists& lists, const InnaHyper& h) {
-  switch (lists.params[0].scalar_type()) {
-    case at::kFloat: emulate_phase<float, kLargeMetadata>(lists, h); break;
-    case at::kDouble: emulate_phase<double, kLargeMetadata>(lists, h); break;
-    case at::kHalf: emulate_phase<c10::Half, kLargeMetadata>(lists, h); break;
-    case at::kBFloat16: emulate_phase<c10::BFloat16, kLargeMetadata>(lists, h); break;
-    default: TORCH_CHECK(false, "unsupported dtype ", lists.params[0].scalar_type());
-  }
+  dispatch_dtypes(lists, [&](auto p, auto s) {
+    emulate_typed<typename decltype(p)::type, typename decltype(s)::type, kLargeMetadata>(lists, h);
+  });
 }
 
 std::vector<int64_t> emulated_cuda_launch(
-    at::TensorList params, at::TensorList phases, at::TensorList grads, at::TensorList steps,
+    at::TensorList params, at::TensorList grads, at::TensorList phases, at::TensorList steps,
     double lr, double alpha, double beta, double decay_power, double weight_decay,
     bool decoupled_weight_decay, bool paper_init, bool maximize, bool stochastic_rounding,
     int64_t seed, const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale,
@@ -94,13 +73,11 @@ std::vector<int64_t> emulated_cuda_launch(
   for (const auto& p : params) {
     TORCH_CHECK_VALUE(p.device().is_cpu(), "_emulated_cuda_launch_ takes CPU tensors");
   }
-  const InnaHyper h{.lr = lr, .lr_tensor = lr_tensor, .alpha = alpha, .beta = beta,
-                    .decay_power = decay_power, .weight_decay = weight_decay,
-                    .decoupled_weight_decay = decoupled_weight_decay, .paper_init = paper_init,
-                    .maximize = maximize, .stochastic_rounding = stochastic_rounding,
-                    .seed = seed, .grad_scale = grad_scale, .found_inf = found_inf};
+  const InnaHyper h = op_hyper(lr, lr_tensor, alpha, beta, decay_power, weight_decay,
+                               decoupled_weight_decay, paper_init, maximize, stochastic_rounding,
+                               seed, grad_scale, found_inf);
   emulation_stats = EmulationStats{};
-  run_fused_inna(params, phases, grads, steps, h,
+  run_fused_inna(params, grads, phases, steps, h,
                  large_metadata ? &emulated_kernel<true> : &emulated_kernel<false>);
   const EmulationStats& s = emulation_stats;
   return {s.launch.main_launches, s.launch.large_launches, s.launch.step_launches,
@@ -114,13 +91,13 @@ std::vector<int64_t> emulated_cuda_launch(
 // start of its last chunk, elements of its last chunk, 1 if its chunks tile [0, numel) in order.
 std::vector<int64_t> cuda_launch_plan(at::IntArrayRef numels, bool large_metadata) {
   constexpr int kFields = 7;
-  std::vector<TensorEntry> entries;
+  std::vector<TensorEntry<kInnaDepth>> entries;
   std::vector<TaggedStep> late_steps;
   std::vector<size_t> entry_to_input;
   for (size_t i = 0; i < numels.size(); ++i) {
     TORCH_CHECK_VALUE(numels[i] >= 0, "_cuda_launch_plan: negative size ", numels[i]);
     if (numels[i] > 0) {
-      entries.push_back({nullptr, nullptr, nullptr, 0, numels[i]});
+      entries.push_back({{nullptr, nullptr, nullptr}, 0, numels[i]});
       entry_to_input.push_back(i);
     }
     if (!step_advanced_in_block(numels[i])) late_steps.push_back(0);
@@ -168,7 +145,7 @@ std::vector<int64_t> cuda_launch_constants() {
 
 TORCH_LIBRARY_FRAGMENT(inna_fused, m) {
   m.def(
-      "_emulated_cuda_launch_(Tensor(a!)[] params, Tensor(b!)[] phases, Tensor[] grads, "
+      "_emulated_cuda_launch_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] phases, "
       "Tensor(c!)[] steps, *, float lr, float alpha, float beta, float decay_power, "
       "float weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize, "
       "bool stochastic_rounding=True, int seed=0, Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None, "

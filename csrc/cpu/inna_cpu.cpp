@@ -1,16 +1,14 @@
-// inna_cpu.cpp — CPU backend of inna_fused::fused_inna_: memory movement only, the math and the
-// rounding are inna_math.h.
+// cpu/inna_cpu.cpp — CPU backend of inna_fused::fused_inna_: INNA's per-element SIMD update over
+// the spans of the generic work split (list_split.h); the math and the rounding are inna_math.h,
+// the per-tensor scalars contract.h.
 //
-// Contract (after run_fused_inna's validation): one param dtype per call (float32, float64,
-// float16, bfloat16); grads of the param dtype; one phase dtype per call: the opmath type
-// (float32, float64 for float64 params) or bfloat16; each entry's param, grad and phase share one
-// dense layout and are walked as flat arrays; size-0 entries move no data but their step still
+// Contract (after run_fused_inna's validation): one param dtype and one phase dtype per call
+// (contract.h); grads of the param dtype; each entry's param, grad and phase share one dense
+// layout and are walked as flat arrays; size-0 entries move no data but their step still
 // advances. The first step never reads the phase (it is initialised in the same pass).
 //
-// Work split: the list's elements, laid end to end, are cut into units of kChunk elements and
-// at::parallel_for runs over the units, so a list of many small tensors parallelises like one
-// large tensor and every thread gets the same number of elements. A unit may span several
-// tensors or start mid-tensor, at any offset modulo the SIMD width. Results do not depend on it:
+// A span of the work split may start mid-tensor, at any offset modulo the SIMD width. Results do
+// not depend on it:
 // the math uses explicit fused multiply-adds and the file is compiled with -ffp-contract=off, so
 // a lane's arithmetic is the same IEEE operations whether its element sits in a full block or in
 // a span's partial last block, in any lane; and the stochastic rounding's random bits are a
@@ -30,11 +28,11 @@
 #endif
 #define CPU_CAPABILITY inna_fused_simd
 
-#include "inna_math.h"
-#include "inna_op.h"
+#include "../contract.h"
+#include "../inna_math.h"
+#include "../inna_op.h"
+#include "list_split.h"
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -54,8 +52,6 @@ namespace inna_fused {
 namespace {
 
 using at::vec::Vectorized;
-
-constexpr int64_t kChunk = 1 << 15;  // elements per work unit
 
 // One flat entry of the list with its per-tensor scalars.
 struct Entry {
@@ -327,9 +323,9 @@ inline void prefetch_ahead(const T* block) {
 // The update of `n` consecutive elements of one tensor, starting at element `first` of it.
 template <typename scalar_t, typename phase_t>
 void update_span(const Entry& entry, int64_t first, int64_t n,
-                 const InnaCoeffs<Vectorized<at::opmath_type<scalar_t>>>& c, const InnaFlags& f,
+                 const InnaCoeffs<Vectorized<contract::opmath_t<scalar_t>>>& c, const InnaFlags& f,
                  bool sr_theta, bool sr_phase) {
-  using opmath_t = at::opmath_type<scalar_t>;
+  using opmath_t = contract::opmath_t<scalar_t>;
   using Vec = Vectorized<opmath_t>;
   constexpr int64_t L = kBlock<opmath_t>;
   scalar_t* theta = static_cast<scalar_t*>(entry.param) + first;
@@ -360,102 +356,56 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
   if (i < n) update_block(i, n - i, std::false_type{});
 }
 
-double read_scalar(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? *t.const_data_ptr<double>()
-                                        : static_cast<double>(*t.const_data_ptr<float>());
-}
-
-void increment_step(const at::Tensor& t) {
-  if (t.scalar_type() == at::kDouble) {
-    *t.mutable_data_ptr<double>() += 1.0;
-  } else {
-    *t.mutable_data_ptr<float>() += 1.0f;
-  }
-}
-
 template <typename scalar_t, typename phase_t>
 void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
-  using opmath_t = at::opmath_type<scalar_t>;
+  using opmath_t = contract::opmath_t<scalar_t>;
   using Vec = Vectorized<opmath_t>;
 
   if (h.found_inf && h.found_inf->item<double>() != 0.0) return;  // AMP: skip the whole step
 
   const double lr = h.lr_tensor ? h.lr_tensor->item<double>() : h.lr;
-  double grad_factor = 1.0;
-  if (h.grad_scale) {
-    // Same rounding as torch.amp.GradScaler.unscale_: a float32 reciprocal of the scale.
-    grad_factor = static_cast<float>(1.0 / h.grad_scale->item<double>());
-  }
-  if (h.maximize) grad_factor = -grad_factor;
-  InnaFlags base_flags{};
-  base_flags.paper_init = h.paper_init;
-  base_flags.scale_grad = h.grad_scale.has_value() || h.maximize;
-  base_flags.decoupled_wd = h.decoupled_weight_decay && h.weight_decay != 0.0;
-  base_flags.coupled_wd = !h.decoupled_weight_decay && h.weight_decay != 0.0;
-  constexpr bool kSixteenBitParam = sizeof(scalar_t) == 2;
-  constexpr bool kSixteenBitPhase = sizeof(phase_t) == 2;
-  const bool sr_theta = h.stochastic_rounding && kSixteenBitParam;
-  const bool sr_phase = h.stochastic_rounding && kSixteenBitPhase;
+  const double grad_factor = contract::grad_factor(
+      h.grad_scale.has_value(), h.grad_scale ? h.grad_scale->item<double>() : 1.0, h.maximize);
+  const InnaFlags base_flags = call_flags(h);
+  const bool sr_theta = contract::rounds_stochastically<scalar_t>(h.stochastic_rounding);
+  const bool sr_phase = contract::rounds_stochastically<phase_t>(h.stochastic_rounding);
   const auto seed = static_cast<uint64_t>(h.seed);
 
-  // Flatten the list into entries and a prefix sum of their element counts: the list's elements
-  // laid end to end.
+  // The list's non-empty entries, laid end to end (list_split.h), with their per-tensor scalars.
   const size_t n = lists.params.size();
   std::vector<Entry> entries;
-  std::vector<int64_t> entry_start;  // entry_start[e] = elements of entries [0, e)
+  std::vector<int64_t> numels;
   entries.reserve(n);
-  entry_start.reserve(n);
-  int64_t total = 0;
+  numels.reserve(n);
+  cpu::ListSplit split(n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = lists.params[i];
     if (p.numel() == 0) continue;
-    const double k = read_scalar(lists.steps[i]);
-    const double gamma = h.decay_power == 0.0 ? lr : lr / std::pow(k + 1.0, h.decay_power);
+    const double k = cpu::read_step(lists.steps[i]);
+    const double gamma = contract::step_size(lr, k, h.decay_power);
     const auto step = static_cast<uint64_t>(k);
     const auto numel = static_cast<uint64_t>(p.numel());
     entries.push_back({p.data_ptr(), lists.phases[i].data_ptr(), lists.grads[i].const_data_ptr(),
                        p.numel(), gamma, k == 0.0, rounding_key(seed, step, numel)});
-    entry_start.push_back(total);
-    total += p.numel();
+    numels.push_back(p.numel());
+    split.add(p.numel());
   }
 
-  // Work unit u covers elements [u * kChunk, (u + 1) * kChunk) of the concatenation, whatever
-  // tensors they belong to: every unit but the last carries the same work, so the contiguous
-  // unit ranges at::parallel_for hands each thread are balanced. (Per-tensor chunks were not: a
-  // 64-element tensor counted as much as 32768 elements, and on ResNet-50's list one of two
-  // threads got 10% more elements than the other.)
-  const int64_t units = (total + kChunk - 1) / kChunk;
-  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-    const int64_t first = begin * kChunk;
-    const int64_t last = std::min(total, end * kChunk);  // exclusive
-    // The entry holding element `first`: the last one that starts at or before it.
-    size_t e = std::upper_bound(entry_start.begin(), entry_start.end(), first) -
-               entry_start.begin() - 1;
-    for (int64_t pos = first; pos < last; ++e) {
-      const Entry& entry = entries[e];
-      const int64_t lo = pos - entry_start[e];
-      const int64_t hi = std::min(entry.numel, last - entry_start[e]);
-      InnaFlags flags = base_flags;
-      flags.first_step = entry.first_step;
-      const auto coeffs = make_coeffs<Vec, double>(entry.gamma, h.alpha, h.beta, h.weight_decay,
-                                                   grad_factor);
-      update_span<scalar_t, phase_t>(entry, lo, hi - lo, coeffs, flags, sr_theta, sr_phase);
-      pos = entry_start[e] + hi;
-    }
+  split.parallel_for_spans(numels, [&](size_t e, int64_t first, int64_t count) {
+    const Entry& entry = entries[e];
+    InnaFlags flags = base_flags;
+    flags.first_step = entry.first_step;
+    const auto coeffs =
+        make_coeffs<Vec, double>(entry.gamma, h.alpha, h.beta, h.weight_decay, grad_factor);
+    update_span<scalar_t, phase_t>(entry, first, count, coeffs, flags, sr_theta, sr_phase);
   });
 
-  for (const auto& step : lists.steps) increment_step(step);
+  for (const auto& step : lists.steps) cpu::increment_step(step);
 }
 
 void cpu_kernel(const InnaLists& lists, const InnaHyper& h) {
-  const bool bf16_phase = lists.phases[0].scalar_type() == at::kBFloat16;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lists.params[0].scalar_type(),
-                                  "inna_fused_cpu", [&] {
-    if (bf16_phase) {
-      cpu_kernel_typed<scalar_t, c10::BFloat16>(lists, h);
-    } else {
-      cpu_kernel_typed<scalar_t, at::opmath_type<scalar_t>>(lists, h);
-    }
+  dispatch_dtypes(lists, [&](auto p, auto s) {
+    cpu_kernel_typed<typename decltype(p)::type, typename decltype(s)::type>(lists, h);
   });
 }
 
