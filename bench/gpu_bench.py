@@ -15,7 +15,7 @@ Measured side by side in one run (medians of CUDA-event timings after warm-up):
     python bench/gpu_bench.py --device cpu --layers 1 --d-model 64 --vocab 512 --ctx 64 \
         --small-count 100 --small-numel 100 --reps 2 --warmup 1      # smoke run, no GPU
 
-Targets (docs/PERFORMANCE.md): ≥ 90% of copy bandwidth, ≥ 1.3× faster than Adam(fused=True),
+Targets (bench/NOTES.md, "Targets"): ≥ 90% of copy bandwidth, ≥ 1.3× faster than Adam(fused=True),
 ≥ 3× faster than foreach, 10k×1000 list within 1.5× of the flat tensor's per-element time.
 """
 from __future__ import annotations

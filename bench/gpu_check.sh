@@ -82,7 +82,7 @@ run "rest of the test suite" 150 "$OUT/tests_rest.log" \
         --ignore=tests/test_cuda_emulated.py
 grep -E "passed|failed|error" "$OUT/tests_rest.log" | tail -1 >> "$SUMMARY"
 
-if $PY -c "import inna_fused.cli.bench" > /dev/null 2>&1; then
+if $PY -c "import inna_fused.bench.command" > /dev/null 2>&1; then
   run "python -m inna_fused bench --device cuda" 90 "$OUT/bench_cli.log" \
       $PY -m inna_fused bench --device cuda --json "$OUT/bench_cuda.json" || true
 else

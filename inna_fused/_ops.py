@@ -1,6 +1,6 @@
 """The compiled op: loading it, asking the dispatcher which devices it serves, its fake impl.
 
-The op is `torch.ops.inna_fused.fused_inna_` (schema in csrc/inna_op.cpp). If the extension cannot
+The op is `torch.ops.inna_fused.fused_inna_` (schema in csrc/op_schema.cpp). If the extension cannot
 be imported, `import inna_fused` still works: `load_error()` says why, and the optimizer runs the
 pure-PyTorch paths (a warning says so once, `fused=True` raises). Setting the environment variable
 INNA_FUSED_DISABLE_NATIVE=1 skips loading it on purpose.

@@ -18,7 +18,7 @@ from inna_fused.reference import inna_reference_
 from conftest import (DTYPE_IDS, assert_close_report, impl_kwargs, impl_params,
                       requires_cpu_kernel)
 
-CHUNK = 1 << 15  # csrc/inna_cpu.cpp kChunk
+CHUNK = 1 << 15  # csrc/cpu/list_split.h kUnit
 HYPER_CASES = {
     "default": dict(lr=0.05),  # psi_init="zero"
     "paper-init": dict(lr=0.05, psi_init="paper"),

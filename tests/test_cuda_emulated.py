@@ -440,7 +440,7 @@ def assert_bitwise_equal(a, b, what):
         assert x.dtype == y.dtype and torch.equal(bits(x), bits(y)), f"{what} {i} differs"
 
 
-# Runs bitwise against the CPU kernel (csrc/inna_cpu.cpp), which implements the same rounding
+# Runs bitwise against the CPU kernel (csrc/cpu/inna_cpu.cpp), which implements the same rounding
 # (inna_math.h round_store, keyed by seed, k, numel and the element's index in its tensor).
 # The CUDA kernel and the emulation fuse every multiply-add of inna_math.h; so does the CPU kernel
 # when it is built with FMA (AVX2 or AVX-512). A baseline build (no FMA instructions) rounds twice

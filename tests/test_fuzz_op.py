@@ -22,7 +22,7 @@ from conftest import requires_cpu_kernel
 from reliability_helpers import (GRAD_LAYOUTS, LAYOUTS, GuardedView, assert_matches, error_bounds,
                                  rounding_slack)
 
-CHUNK = 1 << 15  # csrc/inna_cpu.cpp kChunk
+CHUNK = 1 << 15  # csrc/cpu/list_split.h kUnit
 CASES = int(os.environ.get("INNA_FUZZ_CASES", "300"))
 CLEAN_ERRORS = (ValueError, TypeError, RuntimeError)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -18,7 +18,7 @@ from inna_fused._contract import default_phase_dtype
 from conftest import DTYPE_IDS, impl_kwargs, impl_params, requires_cpu_kernel
 from reliability_helpers import assert_matches, error_bounds, phase_step_reference, rounding_slack
 
-CHUNK = 1 << 15  # csrc/inna_cpu.cpp kChunk
+CHUNK = 1 << 15  # csrc/cpu/list_split.h kUnit
 N = 50           # entries per call
 BAD = 25         # where the bad entry goes; BAD + 1 is its same-shaped neighbour
 CLEAN_ERRORS = (ValueError, TypeError, RuntimeError)
