@@ -200,14 +200,25 @@ inline void store_block(dst_t* dst, int64_t count, const Vectorized<opmath_t>& a
                                         : _mm512_and_si512(rand, _mm512_set1_epi32(0xFFFF));
       };
       if constexpr (std::is_same_v<dst_t, c10::BFloat16>) {
-        auto round16 = [&](const Vectorized<float>& v, const uint32_t* r) {
+        // Each lane's float bits plus its random bits; the bfloat16 is the high half.
+        auto add16 = [&](const Vectorized<float>& v, const uint32_t* r) {
           const __m512 x = v;
-          __m512i out = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(x), random16(r)), 16);
+          const __m512i out = _mm512_add_epi32(_mm512_castps_si512(x), random16(r));
           const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-          out = _mm512_mask_mov_epi32(out, nan, _mm512_set1_epi32(0x7FC0));
-          return _mm512_cvtepi32_epi16(out);
+          return _mm512_mask_mov_epi32(out, nan, _mm512_set1_epi32(0x7FC00000));
         };
-        store_packed16<kFull>(dst, count, round16(a, bits), round16(b, bits + 16));
+        // One permute gathers the 32 high halves of both vectors in element order.
+        const __m512i high_halves = _mm512_set_epi16(
+            63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+            31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        const __m512i packed =
+            _mm512_permutex2var_epi16(add16(a, bits), high_halves, add16(b, bits + 16));
+        if constexpr (kFull) {
+          _mm512_storeu_si512(dst, packed);
+        } else {
+          store_packed16<false>(dst, count, _mm512_castsi512_si256(packed),
+                                _mm512_extracti64x4_epi64(packed, 1));
+        }
         return;
       }
       if constexpr (std::is_same_v<dst_t, c10::Half>) {
