@@ -133,6 +133,38 @@ inline void check_hyper(const char* who, bool check_lr, double lr, double alpha,
                     weight_decay, " (need finite weight_decay >= 0)");
 }
 
+// INNAprop's rules: lr ≥ 0, α > 0, β > 0, σ ∈ [0, 1), ε ≥ 0, weight_decay ≥ 0, all finite, and
+// lr < β (the authors' requirement γ < β). check_lr = false skips the two lr rules (an lr tensor
+// is checked where it is read: innaprop_lr_ok).
+inline bool innaprop_lr_ok(double lr, double beta) { return valid_lr(lr) && lr < beta; }
+
+inline void check_innaprop_hyper(const char* who, bool check_lr, double lr, double alpha,
+                                 double beta, double sigma, double eps, double weight_decay) {
+  auto finite = [](double x) { return std::isfinite(x); };
+  if (check_lr) {
+    TORCH_CHECK_VALUE(valid_lr(lr), who, "invalid lr: ", lr, " (need finite lr >= 0)");
+  }
+  TORCH_CHECK_VALUE(finite(alpha) && alpha > 0, who, "invalid alpha: ", alpha,
+                    " (need finite alpha > 0)");
+  TORCH_CHECK_VALUE(finite(beta) && beta > 0, who, "invalid beta: ", beta,
+                    " (need finite beta > 0)");
+  if (check_lr) {
+    TORCH_CHECK_VALUE(lr < beta, who, "invalid lr: ", lr, " (need lr < beta = ", beta,
+                      ", the authors' requirement gamma < beta)");
+  }
+  TORCH_CHECK_VALUE(finite(sigma) && sigma >= 0 && sigma < 1, who, "invalid sigma: ", sigma,
+                    " (need 0 <= sigma < 1)");
+  TORCH_CHECK_VALUE(finite(eps) && eps >= 0, who, "invalid eps: ", eps,
+                    " (need finite eps >= 0)");
+  TORCH_CHECK_VALUE(finite(weight_decay) && weight_decay >= 0, who, "invalid weight_decay: ",
+                    weight_decay, " (need finite weight_decay >= 0)");
+}
+
+// INNAprop's second moment is stored in the opmath dtype of the params, never rounded.
+constexpr at::ScalarType innaprop_exp_avg_sq_dtype(at::ScalarType param_dtype) {
+  return default_state_dtype(param_dtype);
+}
+
 // ---- Per-tensor scalars (host and device) ------------------------------------------------------
 
 // γ_k = lr / (k + 1)^q for a tensor that has taken k steps (eq. 12), in double.
@@ -141,6 +173,15 @@ C10_HOST_DEVICE inline double step_size(double lr, double k, double decay_power)
   return decay_power == 0.0 ? lr : lr / ::pow(k + 1.0, decay_power);
 #else
   return decay_power == 0.0 ? lr : lr / std::pow(k + 1.0, decay_power);
+#endif
+}
+
+// sqrt(1 − σ^t) for a tensor that has taken k steps (t = k + 1), INNAprop's bias correction.
+C10_HOST_DEVICE inline double innaprop_bias_sqrt(double sigma, double k) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(1.0 - ::pow(sigma, k + 1.0));
+#else
+  return std::sqrt(1.0 - std::pow(sigma, k + 1.0));
 #endif
 }
 

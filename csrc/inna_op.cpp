@@ -22,19 +22,29 @@ namespace inna_fused {
 
 namespace {
 
-constexpr const char* kOp = "inna_fused::fused_inna_: ";
+constexpr const char* kInnaOp = "inna_fused::fused_inna_: ";
+constexpr const char* kInnapropOp = "inna_fused::fused_innaprop_: ";
+
+const char* op_prefix(const InnaHyper& h) {
+  return h.algorithm == Algorithm::kInnaprop ? kInnapropOp : kInnaOp;
+}
 
 std::string name(const char* list, size_t i) {
   return std::string(list) + "[" + std::to_string(i) + "]";
 }
 
-void check_hyper(const InnaHyper& h) {
+void check_hyper(const char* kOp, const InnaHyper& h) {
+  if (h.algorithm == Algorithm::kInnaprop) {
+    contract::check_innaprop_hyper(kOp, /*check_lr=*/!h.lr_tensor, h.lr, h.alpha, h.beta, h.sigma,
+                                   h.eps, h.weight_decay);
+    return;
+  }
   contract::check_hyper(kOp, /*check_lr=*/!h.lr_tensor, h.lr, h.alpha, h.beta, h.decay_power,
                         "decay_power", h.weight_decay);
 }
 
 // A 1-element floating scalar tensor argument (lr, grad_scale, found_inf).
-void check_scalar_tensor(const at::Tensor& t, const char* what, const at::Device& device,
+void check_scalar_tensor(const char* kOp, const at::Tensor& t, const char* what, const at::Device& device,
                          bool cpu_allowed) {
   TORCH_CHECK_VALUE(t.defined(), kOp, what, " is an undefined tensor");
   TORCH_CHECK_VALUE(t.numel() == 1, kOp, what, " must have exactly one element, got shape ",
@@ -90,7 +100,7 @@ void sort_runs(std::vector<Span>& v, std::initializer_list<size_t> run_ends) {
 // Tensors written by the call must not share memory with each other or with any tensor read by
 // it; read-only tensors (grads, scalars) may share memory among themselves. `written` is sorted
 // by start address (sort_runs).
-void check_written_disjoint(const std::vector<Span>& written) {
+void check_written_disjoint(const char* kOp, const std::vector<Span>& written) {
   for (size_t i = 1; i < written.size(); ++i) {
     TORCH_CHECK_VALUE(written[i].lo >= written[i - 1].hi, kOp, written[i - 1].who(), " and ",
                       written[i].who(), " overlap in memory; every param, phase and step of a call ",
@@ -98,7 +108,8 @@ void check_written_disjoint(const std::vector<Span>& written) {
   }
 }
 
-void check_reads_disjoint(const std::vector<Span>& written, const std::vector<Span>& read) {
+void check_reads_disjoint(const char* kOp, const std::vector<Span>& written,
+                          const std::vector<Span>& read) {
   // Written spans are disjoint and sorted, so their ends are sorted too: the first one ending
   // beyond r.lo is the only candidate for an overlap with r. Reads in ascending or descending
   // address order (grads allocated in param order, or in reverse by backward) find it by moving
@@ -127,13 +138,19 @@ void check_reads_disjoint(const std::vector<Span>& written, const std::vector<Sp
   }
 }
 
+// exp_avg_sqs: INNAprop's second state list (empty and unchecked for INNA).
 void validate(at::TensorList params, at::TensorList grads, at::TensorList phases,
-              at::TensorList steps, const InnaHyper& h) {
-  check_hyper(h);
+              at::TensorList exp_avg_sqs, at::TensorList steps, const InnaHyper& h) {
+  const char* kOp = op_prefix(h);
+  const bool prop = h.algorithm == Algorithm::kInnaprop;
+  check_hyper(kOp, h);
   const size_t n = params.size();
   TORCH_CHECK_VALUE(phases.size() == n && grads.size() == n && steps.size() == n, kOp,
                     "lists must have equal lengths, got params=", n, " grads=", grads.size(),
                     " phases=", phases.size(), " steps=", steps.size());
+  TORCH_CHECK_VALUE(!prop || exp_avg_sqs.size() == n, kOp,
+                    "lists must have equal lengths, got params=", n, " exp_avg_sqs=",
+                    exp_avg_sqs.size());
   if (n == 0) return;
 
   TORCH_CHECK_VALUE(params[0].defined(), kOp, "params[0] is an undefined tensor");
@@ -142,9 +159,10 @@ void validate(at::TensorList params, at::TensorList grads, at::TensorList phases
   TORCH_CHECK_VALUE(phases[0].defined(), kOp, "phases[0] is an undefined tensor");
   const at::ScalarType phase_dtype = phases[0].scalar_type();
   // Written spans in three runs (params, phases, steps), each usually already in address order.
-  std::vector<Span> written, written_phases, written_steps, read, scalars;
-  written.reserve(3 * n);
+  std::vector<Span> written, written_phases, written_sqs, written_steps, read, scalars;
+  written.reserve(4 * n);
   written_phases.reserve(n);
+  if (prop) written_sqs.reserve(n);
   written_steps.reserve(n);
   read.reserve(n + 3);
 
@@ -201,6 +219,26 @@ void validate(at::TensorList params, at::TensorList grads, at::TensorList phases
     TORCH_CHECK_VALUE(step.device() == device, kOp, name("steps", i), " is on ",
                       step.device(), " but its param is on ", device);
 
+    if (prop) {
+      const at::Tensor& sq = exp_avg_sqs[i];
+      const at::ScalarType sq_dtype = contract::innaprop_exp_avg_sq_dtype(dtype);
+      TORCH_CHECK_VALUE(sq.defined(), kOp, name("exp_avg_sqs", i), " is an undefined tensor");
+      TORCH_CHECK_TYPE(sq.layout() == at::kStrided, kOp, name("exp_avg_sqs", i),
+                       " is not strided");
+      TORCH_CHECK_TYPE(sq.scalar_type() == sq_dtype, kOp, name("exp_avg_sqs", i), " has dtype ",
+                       sq.scalar_type(), "; a ", dtype, " param needs a ", sq_dtype,
+                       " exp_avg_sq (the opmath dtype, never rounded)");
+      TORCH_CHECK_VALUE(sq.device() == device, kOp, name("exp_avg_sqs", i), " is on ",
+                        sq.device(), " but its param is on ", device);
+      TORCH_CHECK_VALUE(sq.sizes() == p.sizes(), kOp, name("exp_avg_sqs", i), " has shape ",
+                        sq.sizes(), " but its param has shape ", p.sizes());
+      if (p.numel() > 0) {
+        TORCH_CHECK_VALUE(at::has_internal_overlap(sq) != at::MemOverlap::Yes, kOp,
+                          name("exp_avg_sqs", i), " has internally overlapping memory");
+        written_sqs.push_back(span_of(sq, "exp_avg_sqs", i));
+      }
+    }
+
     if (p.numel() > 0) {
       TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, kOp,
                         name("params", i), " has internally overlapping memory (e.g. expand())");
@@ -214,49 +252,56 @@ void validate(at::TensorList params, at::TensorList grads, at::TensorList phases
   }
 
   if (h.lr_tensor) {
-    check_scalar_tensor(*h.lr_tensor, "lr", device, /*cpu_allowed=*/true);
+    check_scalar_tensor(kOp, *h.lr_tensor, "lr", device, /*cpu_allowed=*/true);
     if (h.lr_tensor->device().is_cpu()) {
       const double lr = h.lr_tensor->item<double>();
       TORCH_CHECK_VALUE(contract::valid_lr(lr), kOp, "invalid lr: ", lr,
                         " (need finite lr >= 0)");
+      TORCH_CHECK_VALUE(!prop || contract::innaprop_lr_ok(lr, h.beta), kOp, "invalid lr: ", lr,
+                        " (need lr < beta = ", h.beta, ", the authors' requirement gamma < beta)");
     }
     read.push_back(span_of(*h.lr_tensor, "lr"));
   }
   if (h.grad_scale) {
-    check_scalar_tensor(*h.grad_scale, "grad_scale", device, /*cpu_allowed=*/false);
+    check_scalar_tensor(kOp, *h.grad_scale, "grad_scale", device, /*cpu_allowed=*/false);
     read.push_back(span_of(*h.grad_scale, "grad_scale"));
   }
   if (h.found_inf) {
-    check_scalar_tensor(*h.found_inf, "found_inf", device, /*cpu_allowed=*/false);
+    check_scalar_tensor(kOp, *h.found_inf, "found_inf", device, /*cpu_allowed=*/false);
     read.push_back(span_of(*h.found_inf, "found_inf"));
   }
   const size_t params_end = written.size();
   written.insert(written.end(), written_phases.begin(), written_phases.end());
   const size_t phases_end = written.size();
+  written.insert(written.end(), written_sqs.begin(), written_sqs.end());
+  const size_t sqs_end = written.size();
   written.insert(written.end(), written_steps.begin(), written_steps.end());
-  sort_runs(written, {params_end, phases_end, written.size()});
-  check_written_disjoint(written);
+  sort_runs(written, {params_end, phases_end, sqs_end, written.size()});
+  check_written_disjoint(kOp, written);
   // The grads apart from the scalar arguments, so that the grads' own address order is seen.
   const size_t grads_end = read.size() - (h.lr_tensor ? 1 : 0) - (h.grad_scale ? 1 : 0) -
                            (h.found_inf ? 1 : 0);
   scalars.assign(read.begin() + static_cast<std::ptrdiff_t>(grads_end), read.end());
   read.resize(grads_end);
-  check_reads_disjoint(written, read);
-  check_reads_disjoint(written, scalars);
+  check_reads_disjoint(kOp, written, read);
+  check_reads_disjoint(kOp, written, scalars);
 }
 
 // Param, grad and phase can be walked as three flat arrays when the param is dense and
 // non-overlapping and the other two have exactly its strides.
-bool flat_walkable(const at::Tensor& p, const at::Tensor& g, const at::Tensor& phase) {
+bool flat_walkable(const at::Tensor& p, const at::Tensor& g, const at::Tensor& phase,
+                   const at::Tensor* exp_avg_sq) {
   return p.is_non_overlapping_and_dense() && g.strides() == p.strides() &&
-         phase.strides() == p.strides();
+         phase.strides() == p.strides() &&
+         (exp_avg_sq == nullptr || exp_avg_sq->strides() == p.strides());
 }
 
-}  // namespace
-
-void run_fused_inna(at::TensorList params, at::TensorList grads, at::TensorList phases,
-                    at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel) {
-  validate(params, grads, phases, steps, hyper);
+// Validate, lay out and run either algorithm (exp_avg_sqs empty for INNA).
+void run_fused(at::TensorList params, at::TensorList grads, at::TensorList phases,
+               at::TensorList exp_avg_sqs, at::TensorList steps, const InnaHyper& hyper,
+               InnaKernel kernel) {
+  validate(params, grads, phases, exp_avg_sqs, steps, hyper);
+  const bool prop = hyper.algorithm == Algorithm::kInnaprop;
   const size_t n = params.size();
   if (n == 0) return;
 
@@ -277,6 +322,7 @@ void run_fused_inna(at::TensorList params, at::TensorList grads, at::TensorList 
           Traits::destroyBorrow(lists.params[i]);
           Traits::destroyBorrow(lists.phases[i]);
           Traits::destroyBorrow(lists.grads[i]);
+          if (!lists.exp_avg_sqs.empty()) Traits::destroyBorrow(lists.exp_avg_sqs[i]);
         }
       }
       for (auto& step : lists.steps) Traits::destroyBorrow(step);
@@ -287,24 +333,46 @@ void run_fused_inna(at::TensorList params, at::TensorList grads, at::TensorList 
   lists.phases.reserve(n);
   lists.grads.reserve(n);
   lists.steps.reserve(n);
+  if (prop) lists.exp_avg_sqs.reserve(n);
   for (size_t i = 0; i < n; ++i) lists.steps.push_back(Traits::createBorrow(steps[i]));
   for (size_t i = 0; i < n; ++i) {
-    if (params[i].numel() == 0 || flat_walkable(params[i], grads[i], phases[i])) {
+    if (params[i].numel() == 0 ||
+        flat_walkable(params[i], grads[i], phases[i], prop ? &exp_avg_sqs[i] : nullptr)) {
       lists.params.push_back(Traits::createBorrow(params[i]));
       lists.phases.push_back(Traits::createBorrow(phases[i]));
       lists.grads.push_back(Traits::createBorrow(grads[i]));
+      if (prop) lists.exp_avg_sqs.push_back(Traits::createBorrow(exp_avg_sqs[i]));
     } else {
       copied.push_back(i);  // before the copies: if one throws, entry i holds no borrow
       lists.params.push_back(params[i].contiguous());
       lists.phases.push_back(phases[i].contiguous());
       lists.grads.push_back(grads[i].contiguous());
+      if (prop) lists.exp_avg_sqs.push_back(exp_avg_sqs[i].contiguous());
     }
   }
   kernel(lists, hyper);
   for (size_t i : copied) {
     if (!lists.params[i].is_same(params[i])) params[i].copy_(lists.params[i]);
     if (!lists.phases[i].is_same(phases[i])) phases[i].copy_(lists.phases[i]);
+    if (prop && !lists.exp_avg_sqs[i].is_same(exp_avg_sqs[i])) {
+      exp_avg_sqs[i].copy_(lists.exp_avg_sqs[i]);
+    }
   }
+}
+
+}  // namespace
+
+void run_fused_inna(at::TensorList params, at::TensorList grads, at::TensorList phases,
+                    at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel) {
+  TORCH_CHECK(hyper.algorithm == Algorithm::kInna, "run_fused_inna: an INNA call");
+  run_fused(params, grads, phases, {}, steps, hyper, kernel);
+}
+
+void run_fused_innaprop(at::TensorList params, at::TensorList grads, at::TensorList phases,
+                        at::TensorList exp_avg_sqs, at::TensorList steps, const InnaHyper& hyper,
+                        InnaKernel kernel) {
+  TORCH_CHECK(hyper.algorithm == Algorithm::kInnaprop, "run_fused_innaprop: an INNAprop call");
+  run_fused(params, grads, phases, exp_avg_sqs, steps, hyper, kernel);
 }
 
 }  // namespace inna_fused

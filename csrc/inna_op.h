@@ -22,6 +22,8 @@
 
 namespace inna_fused {
 
+enum class Algorithm { kInna, kInnaprop };
+
 struct InnaHyper {
   double lr = 0.0;                       // used when lr_tensor is empty
   std::optional<at::Tensor> lr_tensor;   // 1-element tensor (CUDA graphs / torch.compile)
@@ -36,6 +38,11 @@ struct InnaHyper {
   int64_t seed = 0;                      // seed of the rounding's counter-based random bits
   std::optional<at::Tensor> grad_scale;  // grads are divided by it in-kernel (AMP)
   std::optional<at::Tensor> found_inf;   // non-zero: the call changes nothing (AMP)
+  // INNAprop (fused_innaprop_): the same engine with a second-moment state (exp_avg_sqs);
+  // decay_power, decoupled_weight_decay and paper_init do not apply (γ = lr, decoupled decay).
+  Algorithm algorithm = Algorithm::kInna;
+  double sigma = 0.999;
+  double eps = 1e-8;
 };
 
 // What a backend kernel receives: equal-length lists, all of one device, one param dtype and one
@@ -44,6 +51,7 @@ struct InnaHyper {
 // unless found_inf is set.
 struct InnaLists {
   std::vector<at::Tensor> params, grads, phases, steps;
+  std::vector<at::Tensor> exp_avg_sqs;  // INNAprop only (empty for INNA): opmath dtype
 };
 
 using InnaKernel = void (*)(const InnaLists&, const InnaHyper&);
@@ -71,6 +79,12 @@ void dispatch_dtypes(const InnaLists& lists, F&& f) {
 // before any write when anything is wrong.
 void run_fused_inna(at::TensorList params, at::TensorList grads, at::TensorList phases,
                     at::TensorList steps, const InnaHyper& hyper, InnaKernel kernel);
+
+// The same for INNAprop (hyper.algorithm == kInnaprop): one more written state list,
+// exp_avg_sqs, validated and laid out like the phases but always in the params' opmath dtype.
+void run_fused_innaprop(at::TensorList params, at::TensorList grads, at::TensorList phases,
+                        at::TensorList exp_avg_sqs, at::TensorList steps, const InnaHyper& hyper,
+                        InnaKernel kernel);
 
 }  // namespace inna_fused
 
@@ -119,6 +133,53 @@ void fused_inna_tensor_lr(at::TensorList params, at::TensorList grads, at::Tenso
                  op_hyper(0.0, lr, alpha, beta, decay_power, weight_decay, decoupled_weight_decay,
                           paper_init, maximize, stochastic_rounding, seed, grad_scale, found_inf),
                  Kernel);
+}
+
+}  // namespace inna_fused
+
+namespace inna_fused {
+
+inline InnaHyper innaprop_op_hyper(double lr, const std::optional<at::Tensor>& lr_tensor,
+                                   double alpha, double beta, double sigma, double eps,
+                                   double weight_decay, bool maximize, bool stochastic_rounding,
+                                   int64_t seed, const std::optional<at::Tensor>& grad_scale,
+                                   const std::optional<at::Tensor>& found_inf) {
+  InnaHyper h{.lr = lr, .lr_tensor = lr_tensor, .alpha = alpha, .beta = beta,
+              .decay_power = 0.0, .weight_decay = weight_decay,
+              .decoupled_weight_decay = true, .paper_init = false, .maximize = maximize,
+              .stochastic_rounding = stochastic_rounding, .seed = seed, .grad_scale = grad_scale,
+              .found_inf = found_inf, .algorithm = Algorithm::kInnaprop, .sigma = sigma,
+              .eps = eps};
+  return h;
+}
+
+// The two overloads of fused_innaprop_, parameterised by the backend kernel.
+template <InnaKernel Kernel>
+void fused_innaprop(at::TensorList params, at::TensorList grads, at::TensorList phases,
+                    at::TensorList exp_avg_sqs, at::TensorList steps, double lr, double alpha,
+                    double beta, double sigma, double eps, double weight_decay, bool maximize,
+                    bool stochastic_rounding, int64_t seed,
+                    const std::optional<at::Tensor>& grad_scale,
+                    const std::optional<at::Tensor>& found_inf) {
+  run_fused_innaprop(params, grads, phases, exp_avg_sqs, steps,
+                     innaprop_op_hyper(lr, std::nullopt, alpha, beta, sigma, eps, weight_decay,
+                                       maximize, stochastic_rounding, seed, grad_scale,
+                                       found_inf),
+                     Kernel);
+}
+
+template <InnaKernel Kernel>
+void fused_innaprop_tensor_lr(at::TensorList params, at::TensorList grads, at::TensorList phases,
+                              at::TensorList exp_avg_sqs, at::TensorList steps,
+                              const at::Tensor& lr, double alpha, double beta, double sigma,
+                              double eps, double weight_decay, bool maximize,
+                              bool stochastic_rounding, int64_t seed,
+                              const std::optional<at::Tensor>& grad_scale,
+                              const std::optional<at::Tensor>& found_inf) {
+  run_fused_innaprop(params, grads, phases, exp_avg_sqs, steps,
+                     innaprop_op_hyper(0.0, lr, alpha, beta, sigma, eps, weight_decay, maximize,
+                                       stochastic_rounding, seed, grad_scale, found_inf),
+                     Kernel);
 }
 
 }  // namespace inna_fused
