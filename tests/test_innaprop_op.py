@@ -247,21 +247,32 @@ def _emulated_op():
                                                 (torch.bfloat16, torch.bfloat16),
                                                 (torch.bfloat16, None), (torch.float16, None)])
 @pytest.mark.parametrize("name", ["defaults", "no_decay"])
-def test_emulated_cuda_matches_cpu_bitwise(dtype, phase_dtype, name):
+@pytest.mark.parametrize("large_metadata", [True, False])
+def test_emulated_cuda_matches_cpu_bitwise(dtype, phase_dtype, name, large_metadata):
     emu = _emulated_op()
     if emu is None:
         pytest.skip("test-only extension without _emulated_cuda_innaprop_launch_")
     h = HYPER[name]
-    shapes = [(65536 + 37,), (5,), (0,), (1000,), (3, 7)]
+    # > 72 entries: several launches at Depth 4 with the small metadata; one of 2 chunks
+    shapes = [(65536 + 37,), (5,), (0,), (1000,), (3, 7)] + [(9 + i,) for i in range(80)]
     a = make_state(shapes, dtype, phase_dtype=phase_dtype)
-    b = [[t.clone() for t in lst] for lst in a]
     # an odd-offset view takes the functor's scalar path
+    a[0][3] = torch.zeros(1001, dtype=dtype)[1:].copy_(a[0][3])
+    b = [[t.clone() for t in lst] for lst in a]
+    b[0][3] = torch.zeros(1001, dtype=dtype)[1:].copy_(a[0][3])
+    stats = []
     for k in range(3):
         grads = grads_for(a[0], k)
         call(a[0], grads, a[1], a[2], a[3], h, seed=11, grad_scale=torch.tensor([2.0]))
-        emu(b[0], grads, b[1], b[2], b[3], lr=h["lr"], alpha=h["alpha"], beta=h["beta"],
-            sigma=h["sigma"], eps=h["eps"], weight_decay=h["weight_decay"], maximize=False,
-            seed=11, grad_scale=torch.tensor([2.0]))
+        stats.append(emu(b[0], grads, b[1], b[2], b[3], lr=h["lr"], alpha=h["alpha"],
+                         beta=h["beta"], sigma=h["sigma"], eps=h["eps"],
+                         weight_decay=h["weight_decay"], maximize=False, seed=11,
+                         grad_scale=torch.tensor([2.0]), large_metadata=large_metadata))
+    main_launches, large_launches, step_launches, blocks, _, vector_blocks, scalar_blocks, _ = \
+        stats[-1]
+    assert main_launches == (1 if large_metadata else 2)
+    assert scalar_blocks >= 1 and vector_blocks >= 1
+    assert all(s.item() == 3 for s in b[3])
     for la, lb in zip(a, b):
         for x, y in zip(la, lb):
             assert torch.equal(x, y) or (x.isnan().all() and y.isnan().all())

@@ -68,9 +68,6 @@ C10_HOST_DEVICE constexpr int ilp_for() {
   return sizeof(scalar_t) == 4 ? 4 : 2;
 }
 
-// What block_thread did (the emulation counts it for the tests).
-enum BlockPath : int32_t { kSkipped = 0, kVectorPath = 1, kScalarPath = 2 };
-
 // The work of thread `thread` of block `block` (of `block_size` threads) of a main launch: the
 // update of its share of one chunk. Every quantity that depends on the tensor (k, γ_k, the flags,
 // the rounding keys) is computed by each thread from the metadata, so the function needs no shared

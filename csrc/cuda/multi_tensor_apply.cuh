@@ -23,6 +23,7 @@
 //     arguments up to 32 KB need Volta or newer and a 12.1 driver; a CUDA >= 13 toolkit
 //     guarantees both (it builds for Turing or newer only and runs on 580+ drivers), so there
 //     (INNA_LARGE_METADATA) a list of more entries uses kLargeCapacity entries per launch.
+//     Launches of more than 3 lists hold fewer entries (small_capacity, large_capacity).
 //     fits_kernel_arguments() checks a functor's arguments against both budgets.
 //   - 64-bit rules. Element offsets and numel are 64-bit (tensors beyond 2^31 elements); a
 //     chunk-local index fits in 32 bits; a single tensor may have at most 2^31 − 1 chunks.
@@ -96,6 +97,22 @@ constexpr int kStepCapacity = 496;            // step pointers per step-incremen
 constexpr size_t kSmallArgumentBytes = 4096;  // the kernel-argument budgets
 constexpr size_t kLargeArgumentBytes = 32764;
 
+// Entries per launch for Depth lists: the constants above for up to 3 lists (INNA's); for more,
+// what fits a budget with 128 bytes left for the functor's arguments, a multiple of 8.
+constexpr int capacity_for(size_t budget, int depth) {
+  return static_cast<int>((budget - 128 - sizeof(int32_t)) /
+                          (sizeof(void*) * depth + sizeof(uintptr_t) + sizeof(int64_t) +
+                           sizeof(int32_t))) / 8 * 8;
+}
+template <int Depth>
+constexpr int small_capacity() {
+  return Depth <= 3 ? kSmallCapacity : capacity_for(kSmallArgumentBytes, Depth);
+}
+template <int Depth>
+constexpr int large_capacity() {
+  return Depth <= 3 ? kLargeCapacity : capacity_for(kLargeArgumentBytes, Depth);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scalars read in the kernel.
 
@@ -163,10 +180,15 @@ struct StepMeta {
 // Whether Depth lists with a functor's Args fit both kernel-argument budgets.
 template <int Depth, typename Args>
 constexpr bool fits_kernel_arguments() {
-  return sizeof(LaunchMeta<Depth, kSmallCapacity>) + sizeof(Args) <= kSmallArgumentBytes &&
-         sizeof(LaunchMeta<Depth, kLargeCapacity>) + sizeof(Args) <= kLargeArgumentBytes &&
+  return sizeof(LaunchMeta<Depth, small_capacity<Depth>()>) + sizeof(Args) <=
+             kSmallArgumentBytes &&
+         sizeof(LaunchMeta<Depth, large_capacity<Depth>()>) + sizeof(Args) <=
+             kLargeArgumentBytes &&
          sizeof(StepMeta) + sizeof(ScalarRef) <= kSmallArgumentBytes;
 }
+
+// What a functor's block_thread did (the emulation counts it for the tests).
+enum BlockPath : int32_t { kSkipped = 0, kVectorPath = 1, kScalarPath = 2 };
 
 // Which entry and which elements a block works on.
 struct BlockWork {
@@ -347,7 +369,9 @@ LaunchStats launch_all(const std::vector<TensorEntry<Depth>>& entries,
                        const std::vector<TaggedStep>& late_steps, MainLaunch&& launch_main,
                        StepLaunch&& launch_steps) {
   LaunchStats stats;
-  constexpr int capacity = kLargeMetadata ? kLargeCapacity : kSmallCapacity;
+  constexpr int kSmall = small_capacity<Depth>();
+  constexpr int kLarge = large_capacity<Depth>();
+  constexpr int capacity = kLargeMetadata ? kLarge : kSmall;
   constexpr int64_t kMaxBlocks = std::numeric_limits<int32_t>::max();
   size_t begin = 0;
   while (begin < entries.size()) {
@@ -365,13 +389,13 @@ LaunchStats launch_all(const std::vector<TensorEntry<Depth>>& entries,
     }
     const int count = static_cast<int>(end - begin);
     const int block_size = block_size_for(elements, blocks);
-    if (count <= kSmallCapacity) {
-      LaunchMeta<Depth, kSmallCapacity> meta;
+    if (count <= kSmall) {
+      LaunchMeta<Depth, kSmall> meta;
       fill_meta(meta, entries.data() + begin, count);
       launch_main(meta, blocks, block_size);
     } else if constexpr (kLargeMetadata) {
       // 32 KB: not on the stack
-      auto meta = std::make_unique<LaunchMeta<Depth, kLargeCapacity>>();
+      auto meta = std::make_unique<LaunchMeta<Depth, kLarge>>();
       fill_meta(*meta, entries.data() + begin, count);
       launch_main(*meta, blocks, block_size);
       ++stats.large_launches;

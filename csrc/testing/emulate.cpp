@@ -10,10 +10,12 @@
 // generation are not covered. They are not part of the public API:
 //
 //   _emulated_cuda_launch_(...)      the fused step, emulated; returns launch statistics
+//   _emulated_cuda_innaprop_launch_(...)  the same for fused_innaprop_
 //   _cuda_launch_plan(numels, ...)   the packing of tensors of the given sizes, without data
 //   _cuda_launch_constants()         chunk size, capacities and block sizes the packing uses
 #include "../contract.h"
 #include "../cuda/inna_functor.cuh"
+#include "../cuda/innaprop_functor.cuh"
 #include "../inna_op.h"
 
 #include <torch/library.h>
@@ -85,6 +87,59 @@ std::vector<int64_t> emulated_cuda_launch(
           s.scalar_blocks,        s.skipped_blocks};
 }
 
+template <typename scalar_t, typename phase_t, bool kLargeMetadata>
+void emulate_innaprop_typed(const InnaLists& lists, const InnaHyper& h) {
+  const InnapropScalars scalars = make_innaprop_scalars(h, lists.params[0].device());
+  std::vector<TensorEntry<kInnapropDepth>> entries;
+  std::vector<TaggedStep> late_steps;
+  collect_innaprop_entries(lists, entries, late_steps);
+  EmulationStats& stats = emulation_stats;
+  stats.launch = launch_all<kLargeMetadata>(
+      entries, late_steps,
+      [&](const auto& meta, int64_t blocks, int block_size) {
+        emulate_main_launch<InnapropFunctor<scalar_t, phase_t>>(
+            meta, blocks, block_size, scalars, [&](int64_t, int thread, int32_t path) {
+              if (thread == 0) {
+                stats.vector_blocks += path == kVectorPath;
+                stats.scalar_blocks += path == kScalarPath;
+                stats.skipped_blocks += path == kSkipped;
+              }
+            });
+      },
+      [&](const StepMeta& meta) { emulate_step_launch(meta, scalars.found_inf); });
+}
+
+template <bool kLargeMetadata>
+void emulated_innaprop_kernel(const InnaLists& lists, const InnaHyper& h) {
+  dispatch_dtypes(lists, [&](auto p, auto s) {
+    emulate_innaprop_typed<typename decltype(p)::type, typename decltype(s)::type,
+                           kLargeMetadata>(lists, h);
+  });
+}
+
+std::vector<int64_t> emulated_cuda_innaprop_launch(
+    at::TensorList params, at::TensorList grads, at::TensorList phases,
+    at::TensorList exp_avg_sqs, at::TensorList steps, double lr, double alpha, double beta,
+    double sigma, double eps, double weight_decay, bool maximize, bool stochastic_rounding,
+    int64_t seed, const std::optional<at::Tensor>& lr_tensor,
+    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+    bool large_metadata) {
+  for (const auto& p : params) {
+    TORCH_CHECK_VALUE(p.device().is_cpu(), "_emulated_cuda_innaprop_launch_ takes CPU tensors");
+  }
+  const InnaHyper h = innaprop_op_hyper(lr, lr_tensor, alpha, beta, sigma, eps, weight_decay,
+                                        maximize, stochastic_rounding, seed, grad_scale,
+                                        found_inf);
+  emulation_stats = EmulationStats{};
+  run_fused_innaprop(params, grads, phases, exp_avg_sqs, steps, h,
+                     large_metadata ? &emulated_innaprop_kernel<true>
+                                    : &emulated_innaprop_kernel<false>);
+  const EmulationStats& s = emulation_stats;
+  return {s.launch.main_launches, s.launch.large_launches, s.launch.step_launches,
+          s.launch.blocks,        s.launch.small_block_launches, s.vector_blocks,
+          s.scalar_blocks,        s.skipped_blocks};
+}
+
 // Packs tensors of the given sizes (no data) and resolves every block of every launch with the
 // kernel's locate_block(). Returns [main_launches, large_launches, step_launches] followed by,
 // per input tensor: launch index (-1: empty), block size of that launch, blocks, elements covered,
@@ -150,6 +205,12 @@ TORCH_LIBRARY_FRAGMENT(inna_fused, m) {
       "float weight_decay, bool decoupled_weight_decay, bool paper_init, bool maximize, "
       "bool stochastic_rounding=True, int seed=0, Tensor? lr_tensor=None, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "bool large_metadata=True) -> int[]");
+  m.def(
+      "_emulated_cuda_innaprop_launch_(Tensor(a!)[] params, Tensor[] grads, "
+      "Tensor(b!)[] phases, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, *, float lr, "
+      "float alpha, float beta, float sigma, float eps, float weight_decay, bool maximize, "
+      "bool stochastic_rounding=True, int seed=0, Tensor? lr_tensor=None, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None, bool large_metadata=True) -> int[]");
   m.def("_cuda_launch_plan(int[] numels, bool large_metadata=True) -> int[]",
         &inna_fused::cuda_launch_plan);
   m.def("_cuda_launch_constants() -> int[]", &inna_fused::cuda_launch_constants);
@@ -157,4 +218,5 @@ TORCH_LIBRARY_FRAGMENT(inna_fused, m) {
 
 TORCH_LIBRARY_IMPL(inna_fused, CPU, m) {
   m.impl("_emulated_cuda_launch_", &inna_fused::emulated_cuda_launch);
+  m.impl("_emulated_cuda_innaprop_launch_", &inna_fused::emulated_cuda_innaprop_launch);
 }
