@@ -287,7 +287,8 @@ __global__ void __launch_bounds__(kBlockLarge, 2)
   block_finish(blockIdx.x, threadIdx.x, meta, Functor::found_inf(args));
 }
 
-__global__ void step_increment_kernel(const INNA_GRID_CONSTANT StepMeta meta,
+// static: every .cu that launches it (one per optimizer) gets its own copy, no duplicate symbol.
+static __global__ void step_increment_kernel(const INNA_GRID_CONSTANT StepMeta meta,
                                              const ScalarRef found_inf) {
   step_increment_thread(threadIdx.x, meta, found_inf);
 }
