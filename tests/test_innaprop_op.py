@@ -276,3 +276,21 @@ def test_emulated_cuda_matches_cpu_bitwise(dtype, phase_dtype, name, large_metad
     for la, lb in zip(a, b):
         for x, y in zip(la, lb):
             assert torch.equal(x, y) or (x.isnan().all() and y.isnan().all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype, phase_dtype", [(torch.float32, None), (torch.float64, None),
+                                                (torch.bfloat16, torch.bfloat16),
+                                                (torch.float16, None)])
+def test_cuda_matches_cpu_bitwise(dtype, phase_dtype):
+    h = HYPER["defaults"]
+    shapes = [(65536 * 3 + 5,), (7,), (0,), (129, 3)]
+    a = make_state(shapes, dtype, phase_dtype=phase_dtype)
+    b = [[t.cuda() for t in lst] for lst in a]
+    for k in range(3):
+        grads = grads_for(a[0], k)
+        call(a[0], grads, a[1], a[2], a[3], h, seed=2)
+        call(b[0], [g.cuda() for g in grads], b[1], b[2], b[3], h, seed=2)
+    for la, lb in zip(a, b):
+        for x, y in zip(la, lb):
+            assert torch.equal(x, y.cpu())
