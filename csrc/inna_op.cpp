@@ -44,7 +44,8 @@ void check_hyper(const char* kOp, const InnaHyper& h) {
 }
 
 // A 1-element floating scalar tensor argument (lr, grad_scale, found_inf).
-void check_scalar_tensor(const char* kOp, const at::Tensor& t, const char* what, const at::Device& device,
+void check_scalar_tensor(const char* kOp, const at::Tensor& t, const char* what,
+                         const at::Device& device,
                          bool cpu_allowed) {
   TORCH_CHECK_VALUE(t.defined(), kOp, what, " is an undefined tensor");
   TORCH_CHECK_VALUE(t.numel() == 1, kOp, what, " must have exactly one element, got shape ",
