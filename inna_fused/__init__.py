@@ -16,8 +16,10 @@ from .conversions import phase_to_psi, psi_to_phase
 from .functional import inna
 from .integrations import register_timm_optimizers
 from .optimizer import INNA
+from .innaprop import INNAprop
+from .innaprop_functional import innaprop
 
 __version__ = "0.2.0"
-__all__ = ["INNA", "inna", "functional", "reference", "conversions", "rounding", "psi_to_phase",
+__all__ = ["INNA", "inna", "INNAprop", "innaprop", "functional", "reference", "conversions", "rounding", "psi_to_phase",
            "phase_to_psi", "kernel_available", "load_error", "build_info", "__version__",
            "register_timm_optimizers"]
