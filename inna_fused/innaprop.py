@@ -15,7 +15,6 @@ from ._contract import (PARAM_DTYPES, STEP_DTYPE, STEP_DTYPES, check_innaprop_hy
                         phase_dtype_for)
 from .conversions import phase_to_psi, psi_to_phase
 from .innaprop_functional import fused_available, fused_unavailable_reason, innaprop
-from .optimizer import INNA
 
 __all__ = ["INNAprop"]
 
@@ -226,7 +225,15 @@ class INNAprop(Optimizer):
     # -----------------------------------------------------------------------------------------
     # Checkpoints
 
-    _with_storage_keys = INNA._with_storage_keys  # fills state_dtype/stochastic_rounding/seed
+    def _with_storage_keys(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """A shallow copy of state_dict whose groups hold every key of _LOADED_GROUP_DEFAULTS
+        (this optimizer's value where a saved group, e.g. the authors', lacks one)."""
+        saved_groups = state_dict.get("param_groups")
+        if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups):
+            return state_dict  # torch.optim's load_state_dict reports structural mismatches
+        groups = [{**{k: g[k] for k in _LOADED_GROUP_DEFAULTS}, **s} if isinstance(s, dict) else s
+                  for s, g in zip(saved_groups, self.param_groups)]
+        return {**state_dict, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's load_state_dict, plus: every saved state is checked against its param
@@ -250,9 +257,10 @@ class INNAprop(Optimizer):
                     state["phase"] = psi_to_phase(p, value.to(p.device), group["alpha"],
                                                   group["beta"], dtype=dtype)
                 else:
-                    state["phase"] = value.to(device=p.device, dtype=dtype)
+                    state["phase"] = value.to(device=p.device, dtype=dtype, copy=True)
+                # A copy: the saved tensor may be another optimizer's live state.
                 state["exp_avg_sq"] = exp_avg_sq.to(device=p.device,
-                                                    dtype=default_phase_dtype(p.dtype))
+                                                    dtype=default_phase_dtype(p.dtype), copy=True)
                 if state["step"].dtype not in STEP_DTYPES:
                     state["step"] = state["step"].to(STEP_DTYPE)
 
