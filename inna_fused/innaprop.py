@@ -2,7 +2,6 @@
 low-precision storage and stochastic rounding."""
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Optional, Union
 
@@ -15,6 +14,7 @@ from ._contract import (PARAM_DTYPES, STEP_DTYPE, STEP_DTYPES, check_innaprop_hy
                         phase_dtype_for)
 from .conversions import phase_to_psi, psi_to_phase
 from .innaprop_functional import fused_available, fused_unavailable_reason, innaprop
+from .optimizer import check_saved_step, choose_implementation, convert_loaded_state
 
 __all__ = ["INNAprop"]
 
@@ -138,39 +138,13 @@ class INNAprop(Optimizer):
             for key, value in _LOADED_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)
             for p in group["params"]:
-                st = self.state.get(p)
-                if st and "step" in st and not torch.is_tensor(st["step"]):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=STEP_DTYPE)
-                if st and "psi" in st and "phase" not in st and torch.is_tensor(st["psi"]):
-                    st["phase"] = psi_to_phase(p, st.pop("psi"), group["alpha"], group["beta"],
-                                               dtype=phase_dtype_for(p, group["state_dtype"]))
+                convert_loaded_state(self.state.get(p), p, group)
 
     def _implementation(self, group: dict[str, Any], group_index: int = 0,
                         constructing: bool = False) -> str:
-        fused, foreach = group["fused"], group["foreach"]
-        devices = {p.device.type for p in group["params"]}
-        if "meta" in devices:
-            if not constructing:
-                i = next(i for i, p in enumerate(group["params"]) if p.device.type == "meta")
-                raise RuntimeError(f"INNAprop.step(): param {i} of param group {group_index} is "
-                                   "on the meta device, which holds no data: materialise the "
-                                   "model before stepping")
-            devices.discard("meta")
-        if fused:
-            for i, p in enumerate(group["params"]):
-                if p.device.type != "meta" and (p.dtype not in PARAM_DTYPES
-                                                or not fused_available(p.device.type)):
-                    raise _fused_param_error(p, f"param {i} of param group {group_index}")
-            return "fused"
-        if fused is None and not foreach:
-            if all(fused_available(d) for d in devices):
-                return "fused"
-            if foreach is None:
-                _warn_fallback_once(next(d for d in devices if not fused_available(d)))
-                return "foreach"
-        if group["capturable"]:
-            raise ValueError("INNAprop: capturable=True needs the fused implementation")
-        return "foreach" if foreach or foreach is None else "loop"
+        return choose_implementation(group, group_index, constructing, name="INNAprop",
+                                     available=fused_available, param_error=_fused_param_error,
+                                     warn_fallback=_warn_fallback_once, dtypes=PARAM_DTYPES)
 
     def _init_group(self, group, params, grads, phases, exp_avg_sqs, steps, on_device) -> None:
         for p in group["params"]:
@@ -319,17 +293,6 @@ class INNAprop(Optimizer):
                     raise TypeError(f"{where}: {name} has dtype {value.dtype}, which cannot hold "
                                     f"the state of a {p.dtype} param")
             step = st["step"]
-            if torch.is_tensor(step):
-                if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
-                    raise TypeError(f"{where}: step must be a number or a one-element real "
-                                    f"tensor, got {step.dtype} of shape {tuple(step.shape)}")
-                step_value = float(step)
-            elif isinstance(step, (int, float)) and not isinstance(step, bool):
-                step_value = float(step)
-            else:
-                raise TypeError(f"{where}: step must be a number or a tensor, got "
-                                f"{type(step).__name__}")
-            if not (math.isfinite(step_value) and step_value >= 0 and step_value.is_integer()):
-                raise ValueError(f"{where}: step must be a whole number >= 0, got {step_value}")
+            check_saved_step(where, step)
             saved[p] = (state_key, st[state_key], st["exp_avg_sq"])
         return saved
