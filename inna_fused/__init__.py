@@ -24,5 +24,5 @@ from . import innaprop_functional
 
 __version__ = "0.2.0"
 __all__ = ["INNA", "inna", "INNAprop", "innaprop_functional", "functional", "reference",
-           "conversions", "rounding", "psi_to_phase", "phase_to_psi", "kernel_available", "load_error", "build_info", "__version__",
-           "register_timm_optimizers"]
+           "conversions", "rounding", "psi_to_phase", "phase_to_psi", "kernel_available",
+           "load_error", "build_info", "__version__", "register_timm_optimizers"]

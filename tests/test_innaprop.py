@@ -391,6 +391,35 @@ def test_timm_creates_innaprop():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         opt = timm_optim.create_optimizer_v2(model, "innaprop", lr=1e-3, weight_decay=0.01,
-                                             alpha=0.2, beta=0.8)
+                                             alpha=0.2, beta=0.8, eps=1e-6)
     assert isinstance(opt, INNAprop)
-    assert opt.param_groups[0]["alpha"] == 0.2
+    assert opt.param_groups[0]["alpha"] == 0.2 and opt.param_groups[0]["eps"] == 1e-6
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.01}  # timm's no-decay group
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tensor_lr_steps_as_a_float_lr(impl):
+    floats, _ = run_ours(DEFAULTS, IMPLS[impl], 5)
+    tensors, _ = run_ours(dict(DEFAULTS, lr=torch.tensor(1e-3, dtype=torch.float64)),
+                          IMPLS[impl], 5)
+    assert all(torch.equal(a, b) for a, b in zip(floats, tensors))
+
+
+def test_params_without_grad_and_several_groups():
+    ps = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2)),
+          torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))]
+    opt = INNAprop([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.01,
+                                          "state_dtype": torch.bfloat16}],
+                   fused=False, foreach=True)
+    ps[0].grad = torch.ones(3)
+    ps[2].grad = torch.ones(4, dtype=torch.bfloat16)
+    opt.step()
+    assert ps[1] not in opt.state and torch.equal(ps[1].detach(), torch.ones(2))
+    assert opt.state[ps[2]]["phase"].dtype == torch.bfloat16
+    assert opt.state[ps[2]]["exp_avg_sq"].dtype == torch.float32
+    assert (ps[0].detach() < 1).all() and (ps[2].detach() < 1).all()
+
+
+def test_complex_params_are_rejected_clearly():
+    with pytest.raises(ValueError, match="complex"):
+        INNAprop([torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))])
