@@ -71,7 +71,7 @@ def check_exp_avg_sqs(params: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor], p
         read.append((*_span(grads[i]), f"grads[{i}]"))
     if not compiling:
         written += [(*_span(s), f"steps[{i}]") for i, s in enumerate(steps)]
-        _check_no_overlap(written, read)
+        _check_no_overlap(written, read, "INNAprop")
 
 
 def _group(params, grads, phases, exp_avg_sqs, steps) -> dict:
@@ -127,7 +127,7 @@ def innaprop(
         if isinstance(p, Tensor) and p.is_complex():
             raise TypeError(f"INNAprop: params[{i}] is complex ({p.dtype}); INNAprop takes real "
                             "params (pass torch.view_as_real views)")
-    check_tensors(params, grads, phases, steps, fused=impl == "fused")
+    check_tensors(params, grads, phases, steps, fused=impl == "fused", name="INNAprop")
     check_exp_avg_sqs(params, exp_avg_sqs, phases, grads, steps)
     groups = _group(params, grads, phases, exp_avg_sqs, steps)
     for device, _, _ in groups:

@@ -447,3 +447,14 @@ def test_params_without_grad_and_several_groups():
 def test_complex_params_are_rejected_clearly():
     with pytest.raises(ValueError, match="complex"):
         INNAprop([torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))])
+
+
+def test_tensor_errors_name_innaprop_and_change_nothing():
+    p, g = torch.ones(4), torch.ones(4)
+    with pytest.raises(ValueError, match="INNAprop: grads\\[0\\] has shape"):
+        innaprop([p], [torch.ones(3)], [torch.zeros(4)], [torch.zeros(4)], [torch.zeros(())],
+                 impl="loop")
+    shared = torch.zeros(4)
+    with pytest.raises(ValueError, match="INNAprop: .* overlap in memory"):
+        innaprop([p], [g], [shared], [shared], [torch.zeros(())], impl="foreach")
+    assert torch.equal(p, torch.ones(4)) and torch.equal(shared, torch.zeros(4))
