@@ -3,6 +3,9 @@
     from inna_fused import INNA
     opt = INNA(model.parameters(), lr=0.1, alpha=0.5, beta=0.1)
 
+INNAprop (INNA with RMSprop scaling): `inna_fused.INNAprop`, functional API in
+`innaprop_functional`.
+
 Modules: `optimizer` (the INNA class), `functional` (the list-level step and its implementations),
 `_contract` (the rules: dtypes, hyper-parameter checks, step size, gradient factor), `reference`
 (eq. (12) in plain torch, the oracle), `conversions` (ψ ↔ phase), `rounding` (the deterministic
@@ -16,8 +19,10 @@ from .conversions import phase_to_psi, psi_to_phase
 from .functional import inna
 from .integrations import register_timm_optimizers
 from .optimizer import INNA
+from .innaprop import INNAprop
+from . import innaprop_functional
 
 __version__ = "0.2.0"
-__all__ = ["INNA", "inna", "functional", "reference", "conversions", "rounding", "psi_to_phase",
-           "phase_to_psi", "kernel_available", "load_error", "build_info", "__version__",
-           "register_timm_optimizers"]
+__all__ = ["INNA", "inna", "INNAprop", "innaprop_functional", "functional", "reference",
+           "conversions", "rounding", "psi_to_phase", "phase_to_psi", "kernel_available",
+           "load_error", "build_info", "__version__", "register_timm_optimizers"]

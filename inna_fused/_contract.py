@@ -150,3 +150,43 @@ def grad_factor(grad_scale: Optional[Tensor], maximize: bool) -> Optional[float]
     if maximize:
         factor = -(1.0 if factor is None else factor)
     return factor
+
+
+# ---------------------------------------------------------------------------------------------
+# INNAprop (Bolte, Boustany, Pauwels, Purica 2024)
+
+
+def check_innaprop_hyperparameters(lr, alpha, beta, sigma, eps, weight_decay) -> None:
+    """Raise ValueError naming the first invalid INNAprop hyper-parameter (torch.optim's words for
+    lr, eps and weight_decay). The authors require lr < beta (γ < β): their θ update divides by
+    β − γ."""
+    lr_value = None
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element (INNAprop: got shape {tuple(lr.shape)})")
+        if not lr.is_floating_point():
+            raise TypeError(f"lr as a tensor must be floating point, got {lr.dtype}")
+        if lr.device.type == "cpu" and not torch.compiler.is_compiling():
+            lr_value = float(lr)
+    else:
+        lr_value = lr
+    if lr_value is not None and not valid_lr(lr_value):
+        raise ValueError(f"Invalid learning rate: {lr_value} (INNAprop needs a finite lr >= 0)")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"Invalid alpha: {alpha} (need finite alpha > 0)")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"Invalid beta: {beta} (need finite beta > 0)")
+    if lr_value is not None and not lr_value < beta:
+        raise ValueError(f"Invalid learning rate: {lr_value} (INNAprop needs lr < beta = {beta})")
+    if not (math.isfinite(sigma) and 0 <= sigma < 1):
+        raise ValueError(f"Invalid sigma value: {sigma} (need 0 <= sigma < 1)")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"Invalid epsilon value: {eps} (INNAprop needs a finite eps >= 0)")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"Invalid weight_decay value: {weight_decay} (INNAprop needs a finite "
+                         "weight_decay >= 0)")
+
+
+def innaprop_bias_correction(sigma: float, k: int) -> float:
+    """√(1 − σ^t) for step t = k + 1 (k the steps the param has taken)."""
+    return math.sqrt(1.0 - sigma ** (k + 1))

@@ -43,6 +43,54 @@ def _has_kernel(device_type: str) -> bool:
 _KERNEL_AVAILABLE = {device_type: _has_kernel(device_type) for device_type in _DISPATCH_KEYS}
 
 
+INNAPROP_OP_NAME = "inna_fused::fused_innaprop_"
+
+
+def _op_exists(op_name: str) -> bool:
+    if _C is None:
+        return False
+    try:
+        torch._C._dispatch_find_schema_or_throw(op_name, "")
+    except RuntimeError:
+        return False
+    return True
+
+
+def _op_has_kernel(op_name: str, device_type: str) -> bool:
+    if not _op_exists(op_name):
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op_name, _DISPATCH_KEYS[device_type])
+    except RuntimeError:
+        return False
+
+
+# {op name: {device type: has a kernel}}, asked once at import (traceable dict lookups).
+_OP_KERNEL_AVAILABLE = {name: {d: _op_has_kernel(name, d) for d in _DISPATCH_KEYS}
+                        for name in (OP_NAME, INNAPROP_OP_NAME)}
+
+
+def op_available(op_name: str) -> bool:
+    """True when the compiled extension registers `op_name` (e.g. INNAPROP_OP_NAME)."""
+    return any(_OP_KERNEL_AVAILABLE.get(op_name, {}).values()) or (
+        op_name in _OP_KERNEL_AVAILABLE and _op_exists(op_name))
+
+
+def op_kernel_available(op_name: str, device_type: str) -> bool:
+    """True when the op `op_name` has a kernel for this device type."""
+    return _OP_KERNEL_AVAILABLE.get(op_name, {}).get(device_type, False)
+
+
+def op_unavailable_reason(op_name: str, device_type: str) -> str:
+    if _C is None:
+        why = f"the compiled extension inna_fused._C could not be loaded ({_LOAD_ERROR})"
+    elif not _op_exists(op_name):
+        why = f"inna_fused._C has no op {op_name} (this build predates it)"
+    else:
+        why = f"inna_fused._C was built without a {device_type} kernel for {op_name}"
+    return f"{why}. Build it with: {BUILD_COMMAND}"
+
+
 def kernel_available(device_type: str) -> bool:
     """True when the fused op has a kernel for this device type (asked of the dispatcher)."""
     return _KERNEL_AVAILABLE.get(device_type, False)
@@ -114,3 +162,41 @@ def _fake_fused_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_pow
 if _C is not None:
     torch.library.register_fake(OP_NAME)(_fake_fused_inna)
     torch.library.register_fake(OP_NAME + ".tensor_lr")(_fake_fused_inna)
+
+
+def _fake_fused_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, alpha, beta, sigma, eps,
+                         weight_decay, maximize, stochastic_rounding=True, seed=0, grad_scale=None,
+                         found_inf=None):
+    # Shape- and device-level checks only, as for fused_inna_.
+    name = INNAPROP_OP_NAME
+    n = len(params)
+    torch._check(len(phases) == n and len(grads) == n and len(exp_avg_sqs) == n
+                 and len(steps) == n, lambda: f"{name}: lists must have equal lengths")
+    if n == 0:
+        return None
+    device = params[0].device
+    lists = {"params": params, "grads": grads, "phases": phases, "exp_avg_sqs": exp_avg_sqs,
+             "steps": steps}
+    for list_name, tensors in lists.items():
+        for i, t in enumerate(tensors):
+            torch._check_value(
+                t.device == device,
+                lambda: f"{name}: {list_name}[{i}] is on {t.device} but params[0] is on {device}")
+            if list_name != "steps":
+                torch._check(t.shape == params[i].shape,
+                             lambda: f"{name}: {list_name}[{i}] shape differs from params[{i}]")
+    for i, (p, phase) in enumerate(zip(params, phases)):
+        torch._check_type(
+            p.dtype in PARAM_DTYPES,
+            lambda: f"{name}: params[{i}] has dtype {p.dtype}; supported are "
+                    f"{dtype_names(PARAM_DTYPES)}")
+        torch._check_type(
+            phase.dtype in allowed_phase_dtypes(p.dtype),
+            lambda: f"{name}: phases[{i}] has dtype {phase.dtype}, which cannot hold the phase "
+                    f"of a {p.dtype} param")
+    return None
+
+
+if op_available(INNAPROP_OP_NAME):
+    torch.library.register_fake(INNAPROP_OP_NAME)(_fake_fused_innaprop)
+    torch.library.register_fake(INNAPROP_OP_NAME + ".tensor_lr")(_fake_fused_innaprop)

@@ -61,80 +61,81 @@ def _overlaps_itself(t: Tensor) -> bool:
 
 
 def check_tensors(params: Sequence[Tensor], grads: Sequence[Tensor], phases: Sequence[Tensor],
-                  steps: Sequence[Tensor], *, fused: bool = False) -> None:
+                  steps: Sequence[Tensor], *, fused: bool = False, name: str = "INNA") -> None:
     """Check every tensor of a call (the compiled op repeats these checks in C++).
 
     Step counts live on their param's device, or on the CPU unless `fused` (the compiled op
-    reads them on the device).
+    reads them on the device). `name` starts the messages (INNA or INNAprop).
     """
     n = len(params)
     if not (len(grads) == len(phases) == len(steps) == n):
-        raise ValueError(f"INNA: lists must have equal lengths, got params={n} grads={len(grads)} "
-                         f"phases={len(phases)} steps={len(steps)}")
+        raise ValueError(f"{name}: lists must have equal lengths, got params={n} "
+                         f"grads={len(grads)} phases={len(phases)} steps={len(steps)}")
     compiling = torch.compiler.is_compiling()
     written, read = [], []
     for i, (p, g, phase, step) in enumerate(zip(params, grads, phases, steps)):
         for list_name, t in (("params", p), ("grads", g), ("phases", phase), ("steps", step)):
             if not isinstance(t, Tensor):
-                raise TypeError(f"INNA: {list_name}[{i}] is {type(t).__name__}, not a Tensor")
+                raise TypeError(f"{name}: {list_name}[{i}] is {type(t).__name__}, not a Tensor")
         if p.dtype not in PARAM_DTYPES:
             hint = " (complex params are updated through torch.view_as_real)" if p.is_complex() else ""
-            raise TypeError(f"INNA: params[{i}] has dtype {p.dtype}; supported are "
+            raise TypeError(f"{name}: params[{i}] has dtype {p.dtype}; supported are "
                             f"{dtype_names(PARAM_DTYPES)}{hint}")
         if p.layout != torch.strided:
-            raise TypeError(f"INNA: params[{i}] has layout {p.layout}; only strided params")
+            raise TypeError(f"{name}: params[{i}] has layout {p.layout}; only strided params")
         if g.is_sparse or g.layout != torch.strided:
-            raise TypeError(f"INNA: grads[{i}] is sparse; INNA does not support sparse gradients")
+            raise TypeError(f"{name}: grads[{i}] is sparse; {name} does not support sparse "
+                            "gradients")
         if g.dtype != p.dtype:
-            raise TypeError(f"INNA: grads[{i}] has dtype {g.dtype} but its param has {p.dtype}")
+            raise TypeError(f"{name}: grads[{i}] has dtype {g.dtype} but its param has {p.dtype}")
         if g.device != p.device:
-            raise ValueError(f"INNA: grads[{i}] is on {g.device} but its param is on {p.device}")
+            raise ValueError(f"{name}: grads[{i}] is on {g.device} but its param is on {p.device}")
         if g.shape != p.shape:
-            raise ValueError(f"INNA: grads[{i}] has shape {tuple(g.shape)} but its param has "
+            raise ValueError(f"{name}: grads[{i}] has shape {tuple(g.shape)} but its param has "
                              f"shape {tuple(p.shape)}")
         if phase.layout != torch.strided:
-            raise TypeError(f"INNA: phases[{i}] has layout {phase.layout}; the phase must be "
+            raise TypeError(f"{name}: phases[{i}] has layout {phase.layout}; the phase must be "
                             "strided")
         allowed = allowed_phase_dtypes(p.dtype)
         if phase.dtype not in allowed:
-            raise TypeError(f"INNA: phases[{i}] has dtype {phase.dtype} but a {p.dtype} param needs "
+            raise TypeError(f"{name}: phases[{i}] has dtype {phase.dtype} but a {p.dtype} param needs "
                             f"a {' or '.join(str(d) for d in allowed)} phase")
         if phase.device != p.device or phase.shape != p.shape:
-            raise ValueError(f"INNA: phases[{i}] ({tuple(phase.shape)} on {phase.device}) does not "
-                             f"match its param ({tuple(p.shape)} on {p.device})")
+            raise ValueError(f"{name}: phases[{i}] ({tuple(phase.shape)} on {phase.device}) "
+                             f"does not match its param ({tuple(p.shape)} on {p.device})")
         if step.numel() != 1 or step.dtype not in STEP_DTYPES:
-            raise TypeError(f"INNA: steps[{i}] must be a one-element "
+            raise TypeError(f"{name}: steps[{i}] must be a one-element "
                             f"{dtype_names(STEP_DTYPES, 'or')} tensor, "
                             f"got {step.dtype} of shape {tuple(step.shape)}")
         if step.device != p.device and (fused or step.device.type != "cpu"):
             where = "its param's device" if fused else "its param's device or the CPU"
-            raise ValueError(f"INNA: steps[{i}] is on {step.device} but must be on {where} "
+            raise ValueError(f"{name}: steps[{i}] is on {step.device} but must be on {where} "
                              f"({p.device})")
         if compiling:
             continue
         if p.numel() > 0:
             for list_name, t in (("params", p), ("phases", phase)):
                 if _overlaps_itself(t):
-                    raise ValueError(f"INNA: {list_name}[{i}] has internally overlapping memory "
+                    raise ValueError(f"{name}: {list_name}[{i}] has internally overlapping memory "
                                      "(e.g. expand()); the step would write one element twice")
             written += [(*_span(p), f"params[{i}]"), (*_span(phase), f"phases[{i}]")]
             read.append((*_span(g), f"grads[{i}]"))
         written.append((*_span(step), f"steps[{i}]"))
-    _check_no_overlap(written, read)
+    _check_no_overlap(written, read, name)
 
 
-def _check_no_overlap(written, read) -> None:
+def _check_no_overlap(written, read, name: str = "INNA") -> None:
     written.sort()
     for (lo0, hi0, a), (lo1, hi1, b) in zip(written, written[1:]):
         if lo1 < hi0:
-            raise ValueError(f"INNA: {a} and {b} overlap in memory; every param, phase and step "
+            raise ValueError(f"{name}: {a} and {b} overlap in memory; every param, phase and step "
                              "must own its memory")
     starts = [w[0] for w in written]
     for lo, hi, who in read:
         j = bisect.bisect_right(starts, lo) - 1  # last written span starting at or before lo
         for w in written[max(j, 0):j + 2]:
             if w[0] < hi and lo < w[1]:
-                raise ValueError(f"INNA: {who} and {w[2]} overlap in memory; a tensor the step "
+                raise ValueError(f"{name}: {who} and {w[2]} overlap in memory; a tensor the step "
                                  "reads must not alias one it writes")
 
 

@@ -58,11 +58,12 @@ def register_timm_optimizers(registry: Optional[object] = None) -> list[str]:
     registry = factory.default_registry if registry is None else registry
     names = []
     for name, cls in _optional_classes().items():
-        # INNA has no eps, betas or momentum: timm then drops those generic kwargs.
+        # INNA has no eps, betas or momentum: timm then drops those generic kwargs. INNAprop
+        # takes eps (timm's opt_eps); its sigma is not timm's betas.
         info = factory.OptimInfo(name=name, opt_class=cls,
                                  description=f"inna_fused.{cls.__name__}: "
                                              f"{(cls.__doc__ or '').strip().splitlines()[0]}",
-                                 has_eps=False, has_momentum=False, has_betas=False)
+                                 has_eps=name == "innaprop", has_momentum=False, has_betas=False)
         # register() logs a warning when overwriting; re-registering our own entry is expected.
         getattr(registry, "_optimizers", {}).pop(name, None)
         registry.register(info)

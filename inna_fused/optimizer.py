@@ -51,9 +51,10 @@ def _fused_param_error(p: Tensor, where: str) -> RuntimeError:
                         f"{p.device.type} (INNA: {where}: {why})")
 
 
-def _meta_param_error(group_index: int, param_index: int, p: Tensor) -> RuntimeError:
+def _meta_param_error(group_index: int, param_index: int, p: Tensor,
+                      name: str = "INNA") -> RuntimeError:
     return RuntimeError(
-        f"INNA.step(): param {param_index} of param group {group_index} (shape "
+        f"{name}.step(): param {param_index} of param group {group_index} (shape "
         f"{tuple(p.shape)}) is on the meta device, which holds no data: materialise the model "
         "(e.g. model.to_empty(device=...), then initialise its weights) before stepping. "
         "to_empty() keeps the Parameter objects that the optimizer holds only under "
@@ -67,6 +68,72 @@ def _warn_fallback_once(device_type: str) -> None:
         _warned_fallback = True
         warnings.warn(f"INNA: no fused kernel for {device_type}, using the slower foreach path: "
                       f"{_ops.unavailable_reason(device_type)}", RuntimeWarning, stacklevel=3)
+
+
+def choose_implementation(group: dict[str, Any], group_index: int, constructing: bool, *,
+                          name: str, available, param_error, warn_fallback,
+                          dtypes: tuple = _FUSED_DTYPES) -> str:
+    """"fused", "foreach" or "loop" for one param group (INNA's and INNAprop's rule): `available`
+    (device type -> bool) says where the optimizer's fused kernel runs, `param_error(p, where)`
+    builds the error for `fused=True` with a param it cannot take, `warn_fallback(device type)`
+    warns (once) when `fused=None` falls back to foreach. At construction, params on the meta
+    device are skipped (checked when materialised); at a step they raise."""
+    fused, foreach = group["fused"], group["foreach"]
+    devices = {p.device.type for p in group["params"]}
+    if "meta" in devices:
+        if not constructing:
+            i, p = next((i, p) for i, p in enumerate(group["params"]) if p.device.type == "meta")
+            raise _meta_param_error(group_index, i, p, name)
+        devices.discard("meta")
+    if fused:
+        if constructing:
+            for i, p in enumerate(group["params"]):
+                if p.device.type != "meta" and (p.dtype not in dtypes
+                                                or not available(p.device.type)):
+                    raise param_error(p, f"param {i} of param group {group_index}")
+        else:
+            for d in devices:
+                if not available(d):
+                    i, p = next((i, p) for i, p in enumerate(group["params"])
+                                if p.device.type == d)
+                    raise param_error(p, f"param {i} of param group {group_index}")
+        return "fused"
+    if fused is None and not foreach:
+        if all(available(d) for d in devices):
+            return "fused"
+        if foreach is None:
+            warn_fallback(next(d for d in devices if not available(d)))
+            return "foreach"
+    if group["capturable"]:
+        raise ValueError(f"{name}: capturable=True needs the fused implementation")
+    return "foreach" if foreach or foreach is None else "loop"
+
+
+def check_saved_step(where: str, step) -> None:
+    """A saved step count: a number or a one-element real tensor holding a whole number >= 0."""
+    if torch.is_tensor(step):
+        if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
+            raise TypeError(f"{where}: step must be a number or a one-element real "
+                            f"tensor, got {step.dtype} of shape {tuple(step.shape)}")
+        step_value = float(step)
+    elif isinstance(step, (int, float)) and not isinstance(step, bool):
+        step_value = float(step)
+    else:
+        raise TypeError(f"{where}: step must be a number or a tensor, got "
+                        f"{type(step).__name__}")
+    if not (math.isfinite(step_value) and step_value >= 0 and step_value.is_integer()):
+        raise ValueError(f"{where}: step must be a whole number >= 0, got {step_value}")
+
+
+def convert_loaded_state(st: dict, p: Tensor, group: dict[str, Any]) -> None:
+    """Bring a param's state loaded from the authors' class (or an earlier version) to this
+    package's form: an int step becomes a float32 tensor (moved to the param's device by the
+    first fused step), a ψ becomes the phase (float64 conversion, in the group's state_dtype)."""
+    if st and "step" in st and not torch.is_tensor(st["step"]):
+        st["step"] = torch.tensor(float(st["step"]), dtype=STEP_DTYPE)
+    if st and "psi" in st and "phase" not in st and torch.is_tensor(st["psi"]):
+        st["phase"] = psi_to_phase(p, st.pop("psi"), group["alpha"], group["beta"],
+                                   dtype=phase_dtype_for(p, group["state_dtype"]))
 
 
 class INNA(Optimizer):
@@ -191,48 +258,16 @@ class INNA(Optimizer):
             for key, value in _LOADED_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)
             for p in group["params"]:
-                st = self.state.get(p)
-                # The authors' class keeps an int step; ours is a float32 tensor (moved to the
-                # param's device by the first fused step).
-                if st and "step" in st and not torch.is_tensor(st["step"]):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=STEP_DTYPE)
-                # An optimizer pickled by an earlier version keeps the paper's ψ.
-                if st and "psi" in st and "phase" not in st and torch.is_tensor(st["psi"]):
-                    st["phase"] = psi_to_phase(p, st.pop("psi"), group["alpha"], group["beta"],
-                                               dtype=phase_dtype_for(p, group["state_dtype"]))
+                # The authors' class keeps an int step; an optimizer pickled by an earlier
+                # version keeps the paper's ψ.
+                convert_loaded_state(self.state.get(p), p, group)
 
     def _implementation(self, group: dict[str, Any], group_index: int = 0,
                         constructing: bool = False) -> str:
-        fused, foreach = group["fused"], group["foreach"]
-        devices = {p.device.type for p in group["params"]}
-        if "meta" in devices:
-            if not constructing:
-                i, p = next((i, p) for i, p in enumerate(group["params"])
-                            if p.device.type == "meta")
-                raise _meta_param_error(group_index, i, p)
-            devices.discard("meta")
-        if fused:
-            if constructing:
-                for i, p in enumerate(group["params"]):
-                    if p.device.type != "meta" and (p.dtype not in _FUSED_DTYPES
-                                                    or not _ops.kernel_available(p.device.type)):
-                        raise _fused_param_error(p, f"param {i} of param group {group_index}")
-            else:
-                for d in devices:
-                    if not _ops.kernel_available(d):
-                        i, p = next((i, p) for i, p in enumerate(group["params"])
-                                    if p.device.type == d)
-                        raise _fused_param_error(p, f"param {i} of param group {group_index}")
-            return "fused"
-        if fused is None and not foreach:
-            if all(_ops.kernel_available(d) for d in devices):
-                return "fused"
-            if foreach is None:
-                _warn_fallback_once(next(d for d in devices if not _ops.kernel_available(d)))
-                return "foreach"
-        if group["capturable"]:
-            raise ValueError("INNA: capturable=True needs the fused implementation")
-        return "foreach" if foreach or foreach is None else "loop"
+        return choose_implementation(group, group_index, constructing, name="INNA",
+                                     available=_ops.kernel_available,
+                                     param_error=_fused_param_error,
+                                     warn_fallback=_warn_fallback_once)
 
     def _init_group(self, group, params, grads, phases, steps, on_device: bool) -> None:
         """Gather the lists for one group; create state lazily. The fused kernel reads step counts
@@ -363,18 +398,7 @@ class INNA(Optimizer):
                                                             or value.is_complex()):
                 raise TypeError(f"{where}: {state_key} has dtype {value.dtype}, which cannot hold "
                                 f"the state of a {p.dtype} param")
-            if torch.is_tensor(step):
-                if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
-                    raise TypeError(f"{where}: step must be a number or a one-element real "
-                                    f"tensor, got {step.dtype} of shape {tuple(step.shape)}")
-                step_value = float(step)
-            elif isinstance(step, (int, float)) and not isinstance(step, bool):
-                step_value = float(step)
-            else:
-                raise TypeError(f"{where}: step must be a number or a tensor, got "
-                                f"{type(step).__name__}")
-            if not (math.isfinite(step_value) and step_value >= 0 and step_value.is_integer()):
-                raise ValueError(f"{where}: step must be a whole number >= 0, got {step_value}")
+            check_saved_step(where, step)
             saved[p] = (state_key, value)
         return saved
 

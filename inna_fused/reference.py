@@ -57,3 +57,44 @@ def inna_reference_(
         theta_step = theta_step + weight_decay * theta
     psi.sub_(gamma * phase)
     param.detach().copy_(theta - gamma * theta_step)
+
+
+def innaprop_reference_(
+    param: torch.Tensor,
+    psi: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    grad: torch.Tensor,
+    t: int,
+    *,
+    lr: float,
+    alpha: float,
+    beta: float,
+    sigma: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool = False,
+) -> None:
+    """One INNAprop step (Bolte, Boustany, Pauwels, Purica 2024), the authors' code literally, in
+    place on `param`, `psi` and `exp_avg_sq`, in the tensors' dtype. `t` = 1, 2, ... is the step
+    being taken; when it is 1, ψ is initialised first to (1 − αβ)θ (before the weight decay) and
+    exp_avg_sq to 0:
+
+        θ ← (1 − γλ)θ;  v ← σv + (1 − σ)g²;  d = √v/√(1 − σ^t) + ε
+        ψ ← (1 − γ/β)ψ + γ(1/β − α)θ
+        θ ← (1 + γ(1 − αβ)/(β − γ))θ − γ/(β − γ)·ψ − γβ·g/d
+    """
+    import math
+
+    p = param.detach()
+    g = grad.detach()
+    if maximize:
+        g = -g
+    if t == 1:
+        psi.copy_((1 - alpha * beta) * p)
+        exp_avg_sq.zero_()
+    p.mul_(1 - lr * weight_decay)
+    exp_avg_sq.mul_(sigma).addcmul_(g, g, value=1 - sigma)
+    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - sigma ** t)).add_(eps)
+    psi.mul_(1 - lr / beta).add_(p, alpha=lr * (1 / beta - alpha))
+    p.mul_(1 + lr * (1 - alpha * beta) / (beta - lr)).add_(psi, alpha=-lr / (beta - lr))
+    p.addcdiv_(g, denom, value=-lr * beta)

@@ -1,0 +1,239 @@
+"""Functional INNAprop: `innaprop(...)` updates lists of params and their phase, exp_avg_sq and
+step tensors in place.
+
+INNAprop (Bolte, Boustany, Pauwels, Purica 2024) is INNA with an RMSprop-preconditioned gradient.
+The authors keep ψ; this package keeps the phase w with ψ = (1 − αβ)θ + β·w (w₀ = 0), in which
+their step t = k + 1 reads exactly, cancellation-free (γ = lr, λ = weight_decay):
+
+    v ← σv + (1 − σ)g²;  d = √v/√(1 − σ^t) + ε;  u = g/d
+    if λ ≠ 0: w ← w + (1 − αβ)γλθ/β,  θ ← (1 − γλ)θ
+    θ ← θ − γ(w + βu);  w ← (1 − αγ)w + (1 − αβ)γu
+
+exp_avg_sq (v) is float32 (float64 for float64 params) and never rounded; θ of 16-bit params and
+bfloat16 phases round stochastically with INNA's bits (`inna_fused.rounding`, keyed by (seed, k,
+numel); θ the high 16 bits, the phase the low 16 bits). Checks, grouping and stores reuse
+`inna_fused.functional`'s helpers.
+
+Implementations: "fused" (torch.ops.inna_fused.fused_innaprop_, when the compiled extension has
+it for the device), "foreach", "loop".
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops
+from ._contract import (check_innaprop_hyperparameters, check_rounding, default_phase_dtype,
+                        innaprop_bias_correction)
+from .functional import (_host_scalars, _local_tensors, _overlaps_itself, _span,
+                         _check_no_overlap, _stores, check_tensors)
+
+IMPLS = ("fused", "foreach", "loop")
+OP_NAME = _ops.INNAPROP_OP_NAME
+
+
+def fused_available(device_type: str) -> bool:
+    """Whether the fused INNAprop op has a kernel for this device type."""
+    return _ops.op_kernel_available(OP_NAME, device_type)
+
+
+def fused_unavailable_reason(device_type: str) -> str:
+    return _ops.op_unavailable_reason(OP_NAME, device_type)
+
+
+def check_exp_avg_sqs(params: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor], phases, grads,
+                      steps) -> None:
+    """exp_avg_sq: the param's shape and device, float32 (float64 for float64 params), owning its
+    memory; plus no overlap with any other written or read tensor."""
+    if len(exp_avg_sqs) != len(params):
+        raise ValueError(f"INNAprop: lists must have equal lengths, got params={len(params)} "
+                         f"exp_avg_sqs={len(exp_avg_sqs)}")
+    compiling = torch.compiler.is_compiling()
+    written, read = [], []
+    for i, (p, v) in enumerate(zip(params, exp_avg_sqs)):
+        if not isinstance(v, Tensor):
+            raise TypeError(f"INNAprop: exp_avg_sqs[{i}] is {type(v).__name__}, not a Tensor")
+        need = default_phase_dtype(p.dtype)
+        if v.dtype != need or v.layout != torch.strided:
+            raise TypeError(f"INNAprop: exp_avg_sqs[{i}] has dtype {v.dtype} but a {p.dtype} param "
+                            f"needs a strided {need} exp_avg_sq")
+        if v.device != p.device or v.shape != p.shape:
+            raise ValueError(f"INNAprop: exp_avg_sqs[{i}] ({tuple(v.shape)} on {v.device}) does "
+                             f"not match its param ({tuple(p.shape)} on {p.device})")
+        if compiling or p.numel() == 0:
+            continue
+        if _overlaps_itself(v):
+            raise ValueError(f"INNAprop: exp_avg_sqs[{i}] has internally overlapping memory")
+        written += [(*_span(p), f"params[{i}]"), (*_span(phases[i]), f"phases[{i}]"),
+                    (*_span(v), f"exp_avg_sqs[{i}]")]
+        read.append((*_span(grads[i]), f"grads[{i}]"))
+    if not compiling:
+        written += [(*_span(s), f"steps[{i}]") for i, s in enumerate(steps)]
+        _check_no_overlap(written, read, "INNAprop")
+
+
+def _group(params, grads, phases, exp_avg_sqs, steps) -> dict:
+    """{(device, param dtype, phase dtype): [params, grads, phases, exp_avg_sqs, steps]}."""
+    groups: dict = {}
+    for t in zip(params, grads, phases, exp_avg_sqs, steps):
+        group = groups.setdefault((t[0].device, t[0].dtype, t[2].dtype), [[], [], [], [], []])
+        for group_list, x in zip(group, t):
+            group_list.append(x)
+    return groups
+
+
+def innaprop(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    phases: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: Union[float, Tensor] = 1e-3,
+    alpha: float = 0.1,
+    beta: float = 0.9,
+    sigma: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    maximize: bool = False,
+    stochastic_rounding: bool = True,
+    seed: int = 0,
+    impl: str = "foreach",
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """One INNAprop step on lists of tensors, in place on params, phases, exp_avg_sqs and steps.
+
+    steps[i] holds k, the steps params[i] has taken; where it is 0, the phase and exp_avg_sq are
+    initialised (to 0) in the same pass and their old contents are never read. Every tensor of
+    every group is checked before the first write. `grad_scale`/`found_inf` as in `inna()`.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_innaprop_hyperparameters(lr, alpha, beta, sigma, eps, weight_decay)
+    check_rounding(stochastic_rounding, seed)
+    n = len(params)
+    if not (len(grads) == len(phases) == len(exp_avg_sqs) == len(steps) == n):
+        raise ValueError(f"INNAprop: lists must have equal lengths, got params={n} "
+                         f"grads={len(grads)} phases={len(phases)} "
+                         f"exp_avg_sqs={len(exp_avg_sqs)} steps={len(steps)}")
+    if not params:
+        return
+    params, grads = _local_tensors(params), _local_tensors(grads)
+    phases, exp_avg_sqs = _local_tensors(phases), _local_tensors(exp_avg_sqs)
+    for i, p in enumerate(params):
+        if isinstance(p, Tensor) and p.is_complex():
+            raise TypeError(f"INNAprop: params[{i}] is complex ({p.dtype}); INNAprop takes real "
+                            "params (pass torch.view_as_real views)")
+    check_tensors(params, grads, phases, steps, fused=impl == "fused", name="INNAprop")
+    check_exp_avg_sqs(params, exp_avg_sqs, phases, grads, steps)
+    groups = _group(params, grads, phases, exp_avg_sqs, steps)
+    for device, _, _ in groups:
+        if device.type == "meta":
+            raise RuntimeError("INNAprop: the params are on the meta device, which holds no data: "
+                               "materialise them first")
+        if impl == "fused" and not fused_available(device.type):
+            raise RuntimeError(f"INNAprop fused path on {device}: "
+                               f"{fused_unavailable_reason(device.type)}")
+    run = {"fused": _fused_innaprop, "foreach": _foreach_innaprop, "loop": _loop_innaprop}[impl]
+    for (device, _, _), lists in groups.items():
+        run(*lists, lr=lr, alpha=alpha, beta=beta, sigma=sigma, eps=eps,
+            weight_decay=weight_decay, maximize=maximize,
+            stochastic_rounding=stochastic_rounding, seed=seed,
+            grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+            found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
+
+
+def _fused_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, **kwargs):
+    op = getattr(torch.ops.inna_fused, "fused_innaprop_")
+    if isinstance(lr, Tensor):
+        op.tensor_lr(params, grads, phases, exp_avg_sqs, steps, lr=lr, **kwargs)
+    else:
+        op(params, grads, phases, exp_avg_sqs, steps, lr=float(lr), **kwargs)
+
+
+def _coefficients(lr: float, k: int, alpha, beta, sigma, weight_decay) -> dict:
+    """Per-tensor coefficients in double precision (the torch ops round them to the arithmetic's
+    dtype)."""
+    return dict(
+        gamma=lr,
+        bias=innaprop_bias_correction(sigma, k),
+        decay=1.0 - lr * weight_decay,
+        wd_to_phase=(1.0 - alpha * beta) * lr * weight_decay / beta,
+        phase_decay=1.0 - alpha * lr,
+        phase_gain=(1.0 - alpha * beta) * lr,
+    )
+
+
+def _loop_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, alpha, beta, sigma, eps,
+                   weight_decay, maximize, stochastic_rounding, seed, grad_scale, found_inf):
+    """The phase-form update one tensor at a time (the same ops as the foreach path)."""
+    lr, factor, skip = _host_scalars(lr, grad_scale, found_inf, maximize)
+    if skip:
+        return
+    for p, g, phase, v, step in zip(params, grads, phases, exp_avg_sqs, steps):
+        k = int(step.item())
+        c = _coefficients(lr, k, alpha, beta, sigma, weight_decay)
+        compute = default_phase_dtype(p.dtype)
+        theta = p.detach().to(compute)
+        grad = g.detach().to(compute)
+        if factor is not None:
+            grad = grad * factor
+        if k == 0:
+            v.zero_()
+            w = torch.zeros_like(theta)
+        else:
+            w = phase.to(compute)
+        v.mul_(sigma).addcmul_(grad, grad, value=1.0 - sigma)
+        d = v.sqrt().div_(c["bias"]).add_(eps)
+        u = grad / d
+        if weight_decay != 0:
+            w = w + theta * c["wd_to_phase"]
+            theta = theta * c["decay"]
+        theta_step = w.add(u, alpha=beta)
+        new_w = w * c["phase_decay"]
+        new_w = new_w + u * c["phase_gain"]
+        new_theta = theta - theta_step * c["gamma"]
+        _stores([p], [phase], [g], [new_theta], [new_w], [k], stochastic_rounding, seed)
+        step.add_(1)
+
+
+def _foreach_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, alpha, beta, sigma, eps,
+                      weight_decay, maximize, stochastic_rounding, seed, grad_scale, found_inf):
+    """The phase-form update with torch._foreach_* ops over one (device, param dtype, phase dtype)
+    group."""
+    lr, factor, skip = _host_scalars(lr, grad_scale, found_inf, maximize)
+    if skip or not params:
+        return
+    ks = [int(s.item()) for s in steps]
+    coeffs = [_coefficients(lr, k, alpha, beta, sigma, weight_decay) for k in ks]
+    compute = default_phase_dtype(params[0].dtype)
+    theta = [p.detach().to(compute) for p in params]  # copies (or the params themselves)
+    if params[0].dtype == compute:
+        theta = [p.detach().clone() for p in params]
+    grad = [g.detach().to(compute) for g in grads]
+    if factor is not None:
+        grad = torch._foreach_mul(grad, factor)
+    w = [torch.zeros_like(t) if k == 0 else s.to(compute, copy=True)
+         for t, s, k in zip(theta, phases, ks)]
+    first = [exp_avg_sqs[i] for i, k in enumerate(ks) if k == 0]
+    if first:
+        torch._foreach_zero_(first)
+    torch._foreach_mul_(exp_avg_sqs, sigma)
+    torch._foreach_addcmul_(exp_avg_sqs, grad, grad, value=1.0 - sigma)
+    d = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(d, [c["bias"] for c in coeffs])
+    torch._foreach_add_(d, eps)
+    u = torch._foreach_div(grad, d)
+    if weight_decay != 0:
+        w = torch._foreach_add(w, torch._foreach_mul(theta, [c["wd_to_phase"] for c in coeffs]))
+        theta = torch._foreach_mul(theta, [c["decay"] for c in coeffs])
+    theta_step = torch._foreach_add(w, u, alpha=beta)
+    new_w = torch._foreach_mul(w, [c["phase_decay"] for c in coeffs])
+    new_w = torch._foreach_add(new_w, torch._foreach_mul(u, [c["phase_gain"] for c in coeffs]))
+    new_theta = torch._foreach_sub(theta, torch._foreach_mul(theta_step,
+                                                             [c["gamma"] for c in coeffs]))
+    _stores(params, phases, grads, new_theta, new_w, ks, stochastic_rounding, seed)
+    torch._foreach_add_(steps, 1)
