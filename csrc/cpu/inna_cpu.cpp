@@ -107,9 +107,7 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
   // The list's non-empty entries, laid end to end (list_split.h), with their per-tensor scalars.
   const size_t n = lists.params.size();
   std::vector<Entry> entries;
-  std::vector<int64_t> numels;
   entries.reserve(n);
-  numels.reserve(n);
   cpu::ListSplit split(n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = lists.params[i];
@@ -120,11 +118,10 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
     const auto numel = static_cast<uint64_t>(p.numel());
     entries.push_back({p.data_ptr(), lists.phases[i].data_ptr(), lists.grads[i].const_data_ptr(),
                        p.numel(), gamma, k == 0.0, rounding_key(seed, step, numel)});
-    numels.push_back(p.numel());
     split.add(p.numel());
   }
 
-  split.parallel_for_spans(numels, [&](size_t e, int64_t first, int64_t count) {
+  split.parallel_for_spans([&](size_t e, int64_t first, int64_t count) {
     const Entry& entry = entries[e];
     InnaFlags flags = base_flags;
     flags.first_step = entry.first_step;

@@ -103,9 +103,7 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
 
   const size_t n = lists.params.size();
   std::vector<Entry> entries;
-  std::vector<int64_t> numels;
   entries.reserve(n);
-  numels.reserve(n);
   cpu::ListSplit split(n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = lists.params[i];
@@ -115,11 +113,10 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
     entries.push_back({p.data_ptr(), lists.phases[i].data_ptr(), lists.exp_avg_sqs[i].data_ptr(),
                        lists.grads[i].const_data_ptr(), contract::innaprop_bias_sqrt(h.sigma, k),
                        k == 0.0, rounding_key(seed, static_cast<uint64_t>(k), numel)});
-    numels.push_back(p.numel());
     split.add(p.numel());
   }
 
-  split.parallel_for_spans(numels, [&](size_t e, int64_t first, int64_t count) {
+  split.parallel_for_spans([&](size_t e, int64_t first, int64_t count) {
     const Entry& entry = entries[e];
     const auto pc = make_innaprop_coeffs<Vec, double>(h.sigma, entry.bias_sqrt, h.eps, grad_factor);
     update_span<scalar_t, phase_t>(entry, first, count, coeffs, pc, flags, scale_grad, sr_theta,

@@ -41,7 +41,7 @@ class ListSplit {
   // Runs span(entry, first, count) in parallel over every element of every entry: elements
   // [first, first + count) of entry `entry`, each element exactly once.
   template <typename Span>
-  void parallel_for_spans(const std::vector<int64_t>& numel, Span&& span) const {
+  void parallel_for_spans(Span&& span) const {
     const int64_t units = (total_ + kUnit - 1) / kUnit;
     at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
       const int64_t first = begin * kUnit;
@@ -50,7 +50,8 @@ class ListSplit {
       size_t e = std::upper_bound(start_.begin(), start_.end(), first) - start_.begin() - 1;
       for (int64_t pos = first; pos < last; ++e) {
         const int64_t lo = pos - start_[e];
-        const int64_t hi = std::min(numel[e], last - start_[e]);
+        const int64_t end_of_entry = e + 1 < start_.size() ? start_[e + 1] : total_;
+        const int64_t hi = std::min(end_of_entry, last) - start_[e];
         span(e, lo, hi - lo);
         pos = start_[e] + hi;
       }
