@@ -2,8 +2,9 @@
 //
 // Importing it loads the shared library, whose static initialisers register the op with the
 // dispatcher (TORCH_LIBRARY in op_schema.cpp, one TORCH_LIBRARY_IMPL per backend). The module itself
-// only reports how it was built; the op is called as torch.ops.inna_fused.fused_inna_, except
-// by INNA.step's planned steps, which call it through fused_inna_direct below.
+// only reports how it was built; the ops are called as torch.ops.inna_fused.fused_inna_ and
+// fused_innaprop_, except by the optimizers' planned steps, which call them unboxed through
+// fused_inna_direct and fused_innaprop_direct below.
 #include <Python.h>
 
 #include <ATen/PythonTorchFunctionTLS.h>
@@ -37,26 +38,33 @@ PyObject* cuda_compiled(PyObject*, PyObject*) {
 
 // ---------------------------------------------------------------------------------------------
 // fused_inna_direct(params, grads, phases, steps, lr, scalars, grad_scale, found_inf) -> bool
+// fused_innaprop_direct(params, grads, phases, exp_avg_sqs, steps, lr, scalars, grad_scale,
+//                       found_inf) -> bool
 //
-// The same op as torch.ops.inna_fused.fused_inna_, called unboxed. From Python, torch.ops boxes
-// every tensor of the four lists into IValues and the dispatcher unboxes them again (~0.4 us per
-// list entry, more than the op's own validation and, on small tensors, its kernel); here each
-// list becomes a std::vector<at::Tensor> once. Only for plain calls: every entry an exact
+// The ops torch.ops.inna_fused.fused_inna_ / fused_innaprop_, called unboxed. From Python,
+// torch.ops boxes every tensor of the lists into IValues and the dispatcher unboxes them again
+// (~0.4 us per list entry, more than the op's own validation and, on small tensors, its kernel);
+// here each list becomes a std::vector<at::Tensor> once. Only for plain calls: every entry an exact
 // torch.Tensor or nn.Parameter without the Python dispatch key, no torch function or dispatch
 // mode active. Otherwise it returns False without doing anything, and the caller uses torch.ops.
 // The dispatcher still picks the backend (CPU/CUDA kernel, profiler records); the Autograd and
-// ADInplaceOrView keys are skipped, as the boxed call does for this op (it has no autograd
-// formula, returns nothing, and INNA steps run under no_grad). scalars = (alpha, beta,
-// decay_power, weight_decay, decoupled_weight_decay, paper_init, maximize, stochastic_rounding,
-// seed). Errors are the op's (ValueError/TypeError), raised before any write.
+// ADInplaceOrView keys are skipped, as the boxed call does for these ops (no autograd formula, they
+// return nothing, and the optimizers step under no_grad). Errors are the op's (ValueError/
+// TypeError), raised before any write.
+//   INNA scalars:     (alpha, beta, decay_power, weight_decay, decoupled_weight_decay, paper_init,
+//                      maximize, stochastic_rounding, seed)
+//   INNAprop scalars: (alpha, beta, sigma, eps, weight_decay, maximize, stochastic_rounding, seed)
 
 using Opt = std::optional<at::Tensor>;
-using FloatLrSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, double,
-                        double, double, double, double, bool, bool, bool, bool, int64_t,
-                        const Opt&, const Opt&);
-using TensorLrSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                         const at::Tensor&, double, double, double, double, bool, bool, bool,
+using TL = at::TensorList;
+using InnaFloatLr = void(TL, TL, TL, TL, double, double, double, double, double, bool, bool, bool,
                          bool, int64_t, const Opt&, const Opt&);
+using InnaTensorLr = void(TL, TL, TL, TL, const at::Tensor&, double, double, double, double, bool,
+                          bool, bool, bool, int64_t, const Opt&, const Opt&);
+using PropFloatLr = void(TL, TL, TL, TL, TL, double, double, double, double, double, double, bool,
+                         bool, int64_t, const Opt&, const Opt&);
+using PropTensorLr = void(TL, TL, TL, TL, TL, const at::Tensor&, double, double, double, double,
+                          double, bool, bool, int64_t, const Opt&, const Opt&);
 
 bool plain_tensor(PyObject* obj) {
   return THPVariable_CheckExact(obj) &&
@@ -99,63 +107,110 @@ struct ReleasedGil {
   ~ReleasedGil() { PyEval_RestoreThread(state); }
 };
 
+// The arguments of a direct call with `Lists` tensor lists, then lr, then a scalars tuple of
+// `Reals` floats, `Flags` bools and the seed, then grad_scale and found_inf.
+template <int Lists, int Reals, int Flags>
+struct DirectArgs {
+  BorrowedList lists[Lists];  // the caller's lists keep them alive (and are not changed)
+  double real[Reals];
+  bool flag[Flags];
+  int64_t seed = 0;
+  Opt lr_tensor, grad_scale, found_inf;
+  double lr_value = 0.0;
+
+  // 1: parsed; 0: not a plain call (the caller uses torch.ops); -1: a Python error is set.
+  int parse(PyObject* const* args, Py_ssize_t nargs, const char* name) {
+    constexpr int kScalars = Reals + Flags + 1;
+    if (nargs != Lists + 4 || !PyTuple_CheckExact(args[Lists + 1]) ||
+        PyTuple_GET_SIZE(args[Lists + 1]) != kScalars) {
+      PyErr_Format(PyExc_TypeError, "%s: bad arguments", name);
+      return -1;
+    }
+    if (at::impl::torch_function_mode_enabled() ||
+        c10::impl::TorchDispatchModeTLS::any_modes_set()) {
+      return 0;
+    }
+    for (int i = 0; i < Lists; ++i) {
+      if (!unpack_list(args[i], lists[i])) return 0;
+    }
+    if (!unpack_optional(args[Lists + 2], grad_scale) ||
+        !unpack_optional(args[Lists + 3], found_inf)) {
+      return 0;
+    }
+    PyObject* const* s = &PyTuple_GET_ITEM(args[Lists + 1], 0);
+    for (int i = 0; i < Reals; ++i) {
+      real[i] = PyFloat_AsDouble(s[i]);
+      if (real[i] == -1.0 && PyErr_Occurred()) return -1;
+    }
+    for (int i = 0; i < Flags; ++i) {
+      const int v = PyObject_IsTrue(s[Reals + i]);
+      if (v < 0) return -1;
+      flag[i] = v != 0;
+    }
+    seed = PyLong_AsLongLong(s[Reals + Flags]);
+    if (seed == -1 && PyErr_Occurred()) return -1;
+    PyObject* lr = args[Lists];
+    if (THPVariable_Check(lr)) {
+      if (!unpack_optional(lr, lr_tensor)) return 0;
+    } else {
+      lr_value = PyFloat_AsDouble(lr);
+      if (lr_value == -1.0 && PyErr_Occurred()) return -1;
+    }
+    return 1;
+  }
+
+  const std::vector<at::Tensor>& list(int i) const { return lists[i].tensors; }
+};
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name, const char* overload) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).template typed<Sig>();
+}
+
 PyObject* fused_inna_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 8 || !PyTuple_CheckExact(args[5]) || PyTuple_GET_SIZE(args[5]) != 9) {
-    PyErr_SetString(PyExc_TypeError, "fused_inna_direct: bad arguments");
-    return nullptr;
-  }
-  if (at::impl::torch_function_mode_enabled() || c10::impl::TorchDispatchModeTLS::any_modes_set()) {
-    Py_RETURN_FALSE;
-  }
-  BorrowedList lists[4];  // the caller's lists keep them alive (and are not changed)
-  for (int i = 0; i < 4; ++i) {
-    if (!unpack_list(args[i], lists[i])) Py_RETURN_FALSE;
-  }
-  Opt grad_scale, found_inf;
-  if (!unpack_optional(args[6], grad_scale) || !unpack_optional(args[7], found_inf)) {
-    Py_RETURN_FALSE;
-  }
-  PyObject* const* s = &PyTuple_GET_ITEM(args[5], 0);
-  double real[4];
-  for (int i = 0; i < 4; ++i) {
-    real[i] = PyFloat_AsDouble(s[i]);
-    if (real[i] == -1.0 && PyErr_Occurred()) return nullptr;
-  }
-  bool flag[4];
-  for (int i = 0; i < 4; ++i) {
-    const int v = PyObject_IsTrue(s[4 + i]);
-    if (v < 0) return nullptr;
-    flag[i] = v != 0;
-  }
-  const long long seed = PyLong_AsLongLong(s[8]);
-  if (seed == -1 && PyErr_Occurred()) return nullptr;
-
-  PyObject* lr = args[4];
-  const bool lr_is_tensor = THPVariable_Check(lr);
-  Opt lr_tensor;
-  double lr_value = 0.0;
-  if (lr_is_tensor) {
-    if (!unpack_optional(lr, lr_tensor)) Py_RETURN_FALSE;
-  } else {
-    lr_value = PyFloat_AsDouble(lr);
-    if (lr_value == -1.0 && PyErr_Occurred()) return nullptr;
-  }
+  DirectArgs<4, 4, 4> a;
+  const int parsed = a.parse(args, nargs, "fused_inna_direct");
+  if (parsed < 0) return nullptr;
+  if (parsed == 0) Py_RETURN_FALSE;
   {
     ReleasedGil no_gil;
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    if (lr_is_tensor) {
-      static const auto op = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("inna_fused::fused_inna_", "tensor_lr")
-                                 .typed<TensorLrSig>();
-      op.call(lists[0].tensors, lists[1].tensors, lists[2].tensors, lists[3].tensors, *lr_tensor, real[0], real[1], real[2],
-              real[3], flag[0], flag[1], flag[2], flag[3], seed, grad_scale, found_inf);
+    if (a.lr_tensor) {
+      static const auto op = find_op<InnaTensorLr>("inna_fused::fused_inna_", "tensor_lr");
+      op.call(a.list(0), a.list(1), a.list(2), a.list(3), *a.lr_tensor, a.real[0], a.real[1],
+              a.real[2], a.real[3], a.flag[0], a.flag[1], a.flag[2], a.flag[3], a.seed,
+              a.grad_scale, a.found_inf);
     } else {
-      static const auto op = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("inna_fused::fused_inna_", "")
-                                 .typed<FloatLrSig>();
-      op.call(lists[0].tensors, lists[1].tensors, lists[2].tensors, lists[3].tensors, lr_value, real[0], real[1], real[2],
-              real[3], flag[0], flag[1], flag[2], flag[3], seed, grad_scale, found_inf);
+      static const auto op = find_op<InnaFloatLr>("inna_fused::fused_inna_", "");
+      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.lr_value, a.real[0], a.real[1],
+              a.real[2], a.real[3], a.flag[0], a.flag[1], a.flag[2], a.flag[3], a.seed,
+              a.grad_scale, a.found_inf);
+    }
+  }
+  Py_RETURN_TRUE;
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* fused_innaprop_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  DirectArgs<5, 5, 2> a;
+  const int parsed = a.parse(args, nargs, "fused_innaprop_direct");
+  if (parsed < 0) return nullptr;
+  if (parsed == 0) Py_RETURN_FALSE;
+  {
+    ReleasedGil no_gil;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    if (a.lr_tensor) {
+      static const auto op = find_op<PropTensorLr>("inna_fused::fused_innaprop_", "tensor_lr");
+      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.list(4), *a.lr_tensor, a.real[0],
+              a.real[1], a.real[2], a.real[3], a.real[4], a.flag[0], a.flag[1], a.seed,
+              a.grad_scale, a.found_inf);
+    } else {
+      static const auto op = find_op<PropFloatLr>("inna_fused::fused_innaprop_", "");
+      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.list(4), a.lr_value, a.real[0],
+              a.real[1], a.real[2], a.real[3], a.real[4], a.flag[0], a.flag[1], a.seed,
+              a.grad_scale, a.found_inf);
     }
   }
   Py_RETURN_TRUE;
@@ -166,6 +221,10 @@ PyMethodDef methods[] = {
     {"fused_inna_direct", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
                               fused_inna_direct)),
      METH_FASTCALL, "The fused op called unboxed on plain tensor lists (INNA's planned steps)."},
+    {"fused_innaprop_direct", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
+                                  fused_innaprop_direct)),
+     METH_FASTCALL, "fused_innaprop_ called unboxed on plain tensor lists (INNAprop's planned "
+     "steps)."},
     {"cpu_simd_level", cpu_simd_level, METH_NOARGS, "SIMD level the CPU kernel was compiled for."},
     {"cuda_compiled", cuda_compiled, METH_NOARGS, "Whether the CUDA kernel was compiled in."},
     {nullptr, nullptr, 0, nullptr}};

@@ -147,11 +147,52 @@ def innaprop(
 
 
 def _fused_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, **kwargs):
-    op = getattr(torch.ops.inna_fused, "fused_innaprop_")
+    lr = lr if isinstance(lr, Tensor) else float(lr)
+    # Unboxed when eager, under no_grad (as in INNAprop.step) and on plain tensor lists; else
+    # torch.ops. The op borrows the lists' tensors with the GIL released: it gets its own lists.
+    if (_DIRECT is not None and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and _DIRECT(list(params), list(grads), list(phases), list(exp_avg_sqs), list(steps),
+                        lr, _direct_scalars(kwargs), kwargs["grad_scale"], kwargs["found_inf"])):
+        return
+    op = torch.ops.inna_fused.fused_innaprop_
     if isinstance(lr, Tensor):
         op.tensor_lr(params, grads, phases, exp_avg_sqs, steps, lr=lr, **kwargs)
     else:
-        op(params, grads, phases, exp_avg_sqs, steps, lr=float(lr), **kwargs)
+        op(params, grads, phases, exp_avg_sqs, steps, lr=lr, **kwargs)
+
+
+def _direct_scalars(kwargs) -> tuple:
+    """The scalars tuple of inna_fused._C.fused_innaprop_direct."""
+    return (kwargs["alpha"], kwargs["beta"], kwargs["sigma"], kwargs["eps"],
+            kwargs["weight_decay"], kwargs["maximize"], kwargs["stochastic_rounding"],
+            kwargs["seed"])
+
+
+def step_plain_fused(params, grads, phases, exp_avg_sqs, steps, device, kwargs, grad_scale=None,
+                     found_inf=None) -> None:
+    """The fused op on lists that INNAprop.step has already found to be one plain group (one
+    device, one param dtype, one phase dtype; no DTensor) with validated hyper-parameters:
+    `kwargs` are the op's keyword arguments. The op itself checks every tensor before writing.
+    Called unboxed when every tensor is a plain one and no torch function or dispatch mode is
+    active, else through torch.ops."""
+    if grad_scale is not None:
+        grad_scale = grad_scale.to(device, non_blocking=True)
+    if found_inf is not None:
+        found_inf = found_inf.to(device, non_blocking=True)
+    lr = kwargs["lr"]
+    if _DIRECT is not None and _DIRECT(params, grads, phases, exp_avg_sqs, steps, lr,
+                                       _direct_scalars(kwargs), grad_scale, found_inf):
+        return
+    op = torch.ops.inna_fused.fused_innaprop_
+    op = op.tensor_lr if isinstance(lr, Tensor) else op.default
+    op(params, grads, phases, exp_avg_sqs, steps, **kwargs, grad_scale=grad_scale,
+       found_inf=found_inf)
+
+
+_DIRECT = None
+if _ops.load_error() is None:
+    _DIRECT = getattr(_ops._C, "fused_innaprop_direct", None)  # absent from older builds
 
 
 def _coefficients(lr: float, k: int, alpha, beta, sigma, weight_decay) -> dict:
