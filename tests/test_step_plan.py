@@ -1,11 +1,11 @@
-"""INNA.step keeps a plan of what a full step found out (implementation, one device and dtype per
-group, validated hyper-parameters) and reuses it while it fits. These tests run scenarios that
-change things between steps on two identical optimizers, one with plans and one without, and
-require identical results (and identical errors)."""
+"""INNA.step and INNAprop.step keep a plan of what a full step found out (implementation, one
+device and dtype per group, validated hyper-parameters) and reuse it while it fits. These tests
+run scenarios that change things between steps on two identical optimizers, one with plans and one
+without, and require identical results (and identical errors)."""
 import pytest
 import torch
 
-from inna_fused import INNA
+from inna_fused import INNA, INNAprop
 
 from conftest import requires_cpu_kernel
 
@@ -30,13 +30,16 @@ def snapshot(opt, params):
     out = [p.detach().clone() for p in params]
     for p in params:
         st = opt.state.get(p, {})
-        out += [st[k].detach().clone() for k in ("phase", "step") if k in st]
+        out += [st[k].detach().clone() for k in ("phase", "exp_avg_sq", "step") if k in st]
     return out
 
 
-def run(scenario, planned, **kwargs):
+CLASSES = [INNA, INNAprop]
+
+
+def run(scenario, planned, cls=INNA, **kwargs):
     params = make()
-    opt = INNA(params, lr=0.05, fused=True, **kwargs)
+    opt = cls(params, lr=0.05, fused=True, **kwargs)
     if not planned:
         opt._make_plan = lambda work: None
     errors = []
@@ -85,7 +88,7 @@ def frozen_then_thawed(k, opt, params):
 
 def load_state(k, opt, params):
     if k == 3:
-        other = INNA(make(seed=3), lr=0.05, fused=True)
+        other = type(opt)(make(seed=3), lr=0.05, fused=True)
         new_grads(other.param_groups[0]["params"], 77)
         other.step()
         other.step()
@@ -177,16 +180,43 @@ def grad_scale(k, opt, params):
     opt.found_inf = torch.tensor(1.0 if k == 3 else 0.0)
 
 
+def lr_at_or_above_beta(k, opt, params):
+    # INNAprop needs lr < beta: a scheduler's lr that reaches beta raises, nothing moves.
+    group = opt.param_groups[0]
+    group["lr"] = {2: group["beta"], 3: 0.01}.get(k, group["lr"])
+
+
+def innaprop_hyper_change(k, opt, params):
+    group = opt.param_groups[0]
+    if k == 2:
+        group["sigma"] = 0.9
+        group["eps"] = 1e-3
+    if k == 3:
+        group["sigma"] = 1.0  # invalid
+    if k == 4:
+        group["sigma"] = 0.99
+
+
+def exp_avg_sq_replaced(k, opt, params):
+    st = opt.state.get(params[1], {})
+    if k == 3 and "exp_avg_sq" in st:
+        st["exp_avg_sq"] = torch.full_like(st["exp_avg_sq"], 0.25)
+    if k == 4 and "exp_avg_sq" in st:
+        st["exp_avg_sq"] = st["exp_avg_sq"].double()  # wrong dtype: raises, nothing moves
+
+
 SCENARIOS = [plain, frozen_param, frozen_then_thawed, add_group, grad_none_then_back, grad_none_from_start, load_state,
              hyper_change, psi_init_invalid, lr_tensor, lr_schedule, dtype_change, state_entry_replaced,
-             state_removed, param_replaced_in_group, bad_grad_shape, sparse_grad, grad_scale]
+             state_removed, param_replaced_in_group, bad_grad_shape, sparse_grad, grad_scale,
+             lr_at_or_above_beta, innaprop_hyper_change, exp_avg_sq_replaced]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("kwargs", [{}, {"state_dtype": torch.bfloat16}], ids=["f32", "bf16"])
-def test_planned_steps_match_full_steps(scenario, kwargs):
-    planned, planned_errors = run(scenario, True, **kwargs)
-    full, full_errors = run(scenario, False, **kwargs)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_planned_steps_match_full_steps(scenario, kwargs, cls):
+    planned, planned_errors = run(scenario, True, cls, **kwargs)
+    full, full_errors = run(scenario, False, cls, **kwargs)
     assert planned_errors == full_errors
     assert len(planned) == len(full)
     for a, b in zip(planned, full):
@@ -199,11 +229,12 @@ def two_groups(k, opt, params):
 
 @pytest.mark.parametrize("change", ["none", "grad_none", "dtype", "sparse", "bad_beta",
                                     "nan_lr_tensor", "lr_schedule"])
-def test_two_groups(change):
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_two_groups(change, cls):
     def go(planned):
         params = make()
-        opt = INNA([{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.1}],
-                   lr=0.05, fused=True)
+        opt = cls([{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.1}],
+                  lr=0.05, fused=True)
         if not planned:
             opt._make_plan = lambda work: None
         errors = []
@@ -232,7 +263,7 @@ def test_two_groups(change):
             except (ValueError, TypeError, RuntimeError) as e:
                 errors.append((k, type(e)))
             if change == "bad_beta" and k == 2:
-                opt.param_groups[1]["beta"] = 0.1
+                opt.param_groups[1]["beta"] = 0.2
         return snapshot(opt, params), errors
     (a, ea), (b, eb) = go(True), go(False)
     assert ea == eb
@@ -272,13 +303,15 @@ def test_planned_step_reads_grads_of_this_step():
 
 @pytest.mark.parametrize("scenario", [plain, grad_none_then_back, dtype_change, lr_tensor,
                                       grad_scale, bad_grad_shape], ids=lambda f: f.__name__)
-def test_direct_call_matches_torch_ops(scenario, monkeypatch):
-    from inna_fused import functional
-    if functional._DIRECT is None:
-        pytest.skip("extension built without fused_inna_direct")
-    direct, direct_errors = run(scenario, True)
-    monkeypatch.setattr(functional, "_DIRECT", None)  # planned steps call torch.ops instead
-    boxed, boxed_errors = run(scenario, True)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_direct_call_matches_torch_ops(scenario, cls, monkeypatch):
+    from inna_fused import functional, innaprop_functional
+    module = functional if cls is INNA else innaprop_functional
+    if module._DIRECT is None:
+        pytest.skip("extension built without the direct call")
+    direct, direct_errors = run(scenario, True, cls)
+    monkeypatch.setattr(module, "_DIRECT", None)  # steps call torch.ops instead
+    boxed, boxed_errors = run(scenario, True, cls)
     assert direct_errors == boxed_errors
     for a, b in zip(direct, boxed):
         assert a.dtype == b.dtype and torch.equal(a, b)
@@ -366,11 +399,12 @@ def test_op_finds_a_grad_aliasing_a_written_tensor_in_any_address_order(order, v
 
 @pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_full_path_runs_only_when_needed(frozen, groups, monkeypatch):
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_full_path_runs_only_when_needed(frozen, groups, cls, monkeypatch):
     params = make()
     spec = [{"params": params}] if groups == 1 else [{"params": params[:2]},
                                                      {"params": params[2:], "lr": 0.01}]
-    opt = INNA(spec, lr=0.05, fused=True)
+    opt = cls(spec, lr=0.05, fused=True)
     full_steps = []
     init_group = opt._init_group
     monkeypatch.setattr(opt, "_init_group", lambda group, *a, **kw: (
