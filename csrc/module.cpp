@@ -167,54 +167,54 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name, const char* overload) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).template typed<Sig>();
 }
 
-PyObject* fused_inna_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+// Parse a direct call and run `call(args)` on the parsed arguments without the GIL and below the
+// autograd keys; False when the call is not a plain one.
+template <int Lists, int Reals, int Flags, typename Call>
+PyObject* run_direct(PyObject* const* args, Py_ssize_t nargs, const char* name, Call call) {
   HANDLE_TH_ERRORS
-  DirectArgs<4, 4, 4> a;
-  const int parsed = a.parse(args, nargs, "fused_inna_direct");
+  DirectArgs<Lists, Reals, Flags> a;
+  const int parsed = a.parse(args, nargs, name);
   if (parsed < 0) return nullptr;
   if (parsed == 0) Py_RETURN_FALSE;
   {
     ReleasedGil no_gil;
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    if (a.lr_tensor) {
-      static const auto op = find_op<InnaTensorLr>("inna_fused::fused_inna_", "tensor_lr");
-      op.call(a.list(0), a.list(1), a.list(2), a.list(3), *a.lr_tensor, a.real[0], a.real[1],
-              a.real[2], a.real[3], a.flag[0], a.flag[1], a.flag[2], a.flag[3], a.seed,
-              a.grad_scale, a.found_inf);
-    } else {
-      static const auto op = find_op<InnaFloatLr>("inna_fused::fused_inna_", "");
-      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.lr_value, a.real[0], a.real[1],
-              a.real[2], a.real[3], a.flag[0], a.flag[1], a.flag[2], a.flag[3], a.seed,
-              a.grad_scale, a.found_inf);
-    }
+    call(a);
   }
   Py_RETURN_TRUE;
   END_HANDLE_TH_ERRORS
 }
 
+PyObject* fused_inna_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return run_direct<4, 4, 4>(args, nargs, "fused_inna_direct", [](const auto& a) {
+    const auto& r = a.real;
+    const auto& f = a.flag;
+    if (a.lr_tensor) {
+      static const auto op = find_op<InnaTensorLr>("inna_fused::fused_inna_", "tensor_lr");
+      op.call(a.list(0), a.list(1), a.list(2), a.list(3), *a.lr_tensor, r[0], r[1], r[2], r[3],
+              f[0], f[1], f[2], f[3], a.seed, a.grad_scale, a.found_inf);
+    } else {
+      static const auto op = find_op<InnaFloatLr>("inna_fused::fused_inna_", "");
+      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.lr_value, r[0], r[1], r[2], r[3],
+              f[0], f[1], f[2], f[3], a.seed, a.grad_scale, a.found_inf);
+    }
+  });
+}
+
 PyObject* fused_innaprop_direct(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  DirectArgs<5, 5, 2> a;
-  const int parsed = a.parse(args, nargs, "fused_innaprop_direct");
-  if (parsed < 0) return nullptr;
-  if (parsed == 0) Py_RETURN_FALSE;
-  {
-    ReleasedGil no_gil;
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return run_direct<5, 5, 2>(args, nargs, "fused_innaprop_direct", [](const auto& a) {
+    const auto& r = a.real;
+    const auto& f = a.flag;
     if (a.lr_tensor) {
       static const auto op = find_op<PropTensorLr>("inna_fused::fused_innaprop_", "tensor_lr");
-      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.list(4), *a.lr_tensor, a.real[0],
-              a.real[1], a.real[2], a.real[3], a.real[4], a.flag[0], a.flag[1], a.seed,
-              a.grad_scale, a.found_inf);
+      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.list(4), *a.lr_tensor, r[0], r[1],
+              r[2], r[3], r[4], f[0], f[1], a.seed, a.grad_scale, a.found_inf);
     } else {
       static const auto op = find_op<PropFloatLr>("inna_fused::fused_innaprop_", "");
-      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.list(4), a.lr_value, a.real[0],
-              a.real[1], a.real[2], a.real[3], a.real[4], a.flag[0], a.flag[1], a.seed,
-              a.grad_scale, a.found_inf);
+      op.call(a.list(0), a.list(1), a.list(2), a.list(3), a.list(4), a.lr_value, r[0], r[1],
+              r[2], r[3], r[4], f[0], f[1], a.seed, a.grad_scale, a.found_inf);
     }
-  }
-  Py_RETURN_TRUE;
-  END_HANDLE_TH_ERRORS
+  });
 }
 
 PyMethodDef methods[] = {

@@ -156,10 +156,15 @@ class FusedListOptimizer(Optimizer):
         """One step of one group through the functional API."""
         raise NotImplementedError
 
-    @staticmethod
-    def _op_kwargs(group: dict[str, Any]) -> dict[str, Any]:
+    # Group entries the op takes under the same names (lr apart).
+    _op_keys: tuple = ()
+
+    def _op_kwargs(self, group: dict[str, Any]) -> dict[str, Any]:
         """The fused op's keyword arguments for a group (a float or tensor lr under "lr")."""
-        raise NotImplementedError
+        lr = group["lr"]
+        kwargs = {k: group[k] for k in self._op_keys}
+        kwargs["lr"] = lr if isinstance(lr, Tensor) else float(lr)
+        return kwargs
 
     @staticmethod
     def _run_planned(lists: list, device: torch.device, kwargs: dict, grad_scale,
@@ -401,8 +406,8 @@ class FusedListOptimizer(Optimizer):
             if len(without_grad) + len(params) != len(everyone):
                 return None
             plans.append(_GroupPlan(group, everyone, params, without_grad, dtype, state_dtypes,
-                                    index, p0.device, self._hyper_keys, self._op_kwargs(group),
-                                    self._lr_ok))
+                                    index, p0.device, self._hyper_keys,
+                                    self._op_kwargs(group), self._lr_ok))
         return self.state, len(self.state), plans
 
     def _step_planned(self, grad_scale, found_inf) -> bool:

@@ -152,19 +152,13 @@ class INNAprop(FusedListOptimizer):
                 "exp_avg_sq": torch.zeros_like(p, dtype=default_phase_dtype(p.dtype),
                                                memory_format=torch.preserve_format)}
 
-    def _run(self, group, impl, lists, grad_scale, found_inf) -> None:
-        innaprop(*lists, lr=group["lr"], alpha=group["alpha"], beta=group["beta"],
-                 sigma=group["sigma"], eps=group["eps"], weight_decay=group["weight_decay"],
-                 maximize=group["maximize"], stochastic_rounding=group["stochastic_rounding"],
-                 seed=group["seed"], impl=impl, grad_scale=grad_scale, found_inf=found_inf)
+    # The op's and the functional API's keyword arguments, lr apart.
+    _op_keys = ("alpha", "beta", "sigma", "eps", "weight_decay", "maximize",
+                "stochastic_rounding", "seed")
 
-    @staticmethod
-    def _op_kwargs(group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        return dict(lr=lr if isinstance(lr, Tensor) else float(lr), alpha=group["alpha"],
-                    beta=group["beta"], sigma=group["sigma"], eps=group["eps"],
-                    weight_decay=group["weight_decay"], maximize=group["maximize"],
-                    stochastic_rounding=group["stochastic_rounding"], seed=group["seed"])
+    def _run(self, group, impl, lists, grad_scale, found_inf) -> None:
+        innaprop(*lists, lr=group["lr"], **{k: group[k] for k in self._op_keys}, impl=impl,
+                 grad_scale=grad_scale, found_inf=found_inf)
 
     @staticmethod
     def _run_planned(lists, device, kwargs, grad_scale, found_inf) -> None:

@@ -182,15 +182,12 @@ class INNA(FusedListOptimizer):
              maximize=group["maximize"], stochastic_rounding=group["stochastic_rounding"],
              seed=group["seed"], impl=impl, grad_scale=grad_scale, found_inf=found_inf)
 
-    @staticmethod
-    def _op_kwargs(group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        return dict(lr=lr if isinstance(lr, Tensor) else float(lr), alpha=group["alpha"],
-                    beta=group["beta"], decay_power=group["decaypower"],
-                    weight_decay=group["weight_decay"],
-                    decoupled_weight_decay=group["decoupled_weight_decay"],
-                    paper_init=group["psi_init"] == "paper", maximize=group["maximize"],
-                    stochastic_rounding=group["stochastic_rounding"], seed=group["seed"])
+    _op_keys = ("alpha", "beta", "weight_decay", "decoupled_weight_decay", "maximize",
+                "stochastic_rounding", "seed")
+
+    def _op_kwargs(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._op_kwargs(group), "decay_power": group["decaypower"],
+                "paper_init": group["psi_init"] == "paper"}
 
     @staticmethod
     def _run_planned(lists, device, kwargs, grad_scale, found_inf) -> None:
