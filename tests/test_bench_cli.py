@@ -500,3 +500,61 @@ def test_bench_command_rejects_unknown_provider(capsys):
 def test_bench_command_rejects_unknown_workload(capsys):
     assert main(["bench", "--workloads", "flat-2^10,vgg16", "--no-progress"]) == 2
     assert "vgg16" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/gpu_bench.py: its CPU smoke run (the GPU check runs it on a GPU)
+
+
+def _gpu_bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_bench.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_bench_byte_counts_match_the_providers():
+    gpu_bench = _gpu_bench_module()
+    assert gpu_bench.BYTES_PER_ELEMENT["innaprop_f32"] == B.bytes_per_element("innaprop",
+                                                                              torch.float32)
+    assert gpu_bench.BYTES_PER_ELEMENT["adam_f32"] == B.bytes_per_element("adamw", torch.float32)
+    for dtype, phase_dtype, bpe in gpu_bench.INNAPROP_STATE_DTYPE_PAIRS.values():
+        provider = "innaprop-bf16state" if phase_dtype == torch.bfloat16 else "innaprop"
+        assert bpe == B.bytes_per_element(provider, dtype)
+    for dtype, phase_dtype, bpe in gpu_bench.STATE_DTYPE_PAIRS.values():
+        provider = "fused-bf16state" if phase_dtype == torch.bfloat16 else "fused"
+        assert bpe == B.bytes_per_element(provider, dtype)
+    assert gpu_bench.INNAPROP_HYPER == B.INNAPROP_HYPER
+
+
+@pytest.mark.skipif(not (kernel_available("cpu") and innaprop_kernel),
+                    reason="the CPU kernels are not built")
+def test_gpu_bench_cpu_smoke_run(tmp_path, capsys, monkeypatch):
+    gpu_bench = _gpu_bench_module()
+    monkeypatch.setattr(gpu_bench, "free", lambda: None)  # gc.collect() is most of a tiny run
+    md, out = tmp_path / "table.md", tmp_path / "results.json"
+    rc = gpu_bench.main(["--device", "cpu", "--layers", "1", "--d-model", "16", "--vocab", "32",
+                         "--ctx", "8", "--small-count", "10", "--small-numel", "10", "--reps",
+                         "1", "--warmup", "1", "--md", str(md), "--json", str(out)])
+    assert rc == 0
+    table = md.read_text()
+    assert "fused INNAprop step (28 B/elem), eager" in table
+    assert "AdamW(fused=True) step (28 B/elem), eager" in table
+    assert "fused INNAprop time / AdamW(fused) time, eager" in table
+    for name, (_, _, bpe) in gpu_bench.INNAPROP_STATE_DTYPE_PAIRS.items():
+        assert f"INNAprop op alone, {name} ({bpe} B/elem, SR on), eager" in table
+    results = json.loads(out.read_text())
+    prop = results["innaprop"]
+    assert prop["elements"] == sum(math.prod(s) for s in gpu_bench.gpt2_shapes(1, 16, 32, 8))
+    assert prop["innaprop_GBps"] == pytest.approx(
+        28 * prop["elements"] / prop["innaprop_ms"] / 1e6)
+    assert "graph_ms" not in results["innaprop_state_dtypes"]["fp32 θ,g + fp32 phase"]  # no GPU
+    capsys.readouterr()
+    assert gpu_bench.main(["--device", "cpu", "--layers", "1", "--d-model", "16", "--vocab", "32",
+                           "--ctx", "8", "--small-count", "10", "--small-numel", "10", "--reps",
+                           "1", "--warmup", "1", "--no-innaprop", "--no-bf16"]) == 0
+    assert "fused INNAprop | skipped: --no-innaprop" in capsys.readouterr().out
