@@ -4,7 +4,8 @@
 - `providers`: the INNA and INNAprop implementations (and the authors' INNAprop loop) and torch
   baselines as timed runners, and the bytes one step must move per element;
 - `timing`: interleaved (round-robin) timing and `measure()`;
-- `report`: ratios, the targets (bench/NOTES.md, "Targets"), the table and the plot;
+- `report`: ratios, the targets (bench/NOTES.md, "Targets"), the table, INNAprop's ratios (against
+  AdamW(fused) and the authors' loop) and the plot;
 - `command`: the `bench` command's arguments and `run()`.
 
 This package exports the names of `workloads`, `providers` and `timing`.

@@ -18,8 +18,8 @@ INNAPROP_PROVIDERS = ("innaprop-loop", "innaprop-foreach", "innaprop", "innaprop
 BASELINE_PROVIDERS = ("sgd", "adam", "adamw", "stream")
 PROVIDERS = INNA_PROVIDERS + INNAPROP_PROVIDERS + BASELINE_PROVIDERS
 # Run when asked for: "fused-nearest" only differs from "fused" for 16-bit params;
-# "innaprop-foreach" takes 2-3x the authors' loop's time (seconds per step on the largest default
-# workloads), for a row whose kind INNA's foreach row already shows. The authors' loop is in the
+# "innaprop-foreach" was up to 3x slower than the authors' loop on flat tensors here (seconds per
+# step on the largest default workloads), for a row whose kind INNA's foreach row already shows. The authors' loop is in the
 # default set: about as slow as INNA's per-param loop, capped at as few samples (see
 # command.MAX_REPEATS), it gives the fused INNAprop's speed-up over the authors' code.
 OPT_IN_PROVIDERS = ("fused-nearest", "innaprop-foreach")
@@ -49,9 +49,9 @@ def bytes_per_element(provider: str, dtype: torch.dtype) -> int:
 
     INNA reads θ, g, its state (the phase) and writes θ and the state; the state is float32 for
     16-bit params (float32: 20, bf16: 14), or bfloat16 with `state_dtype=torch.bfloat16`
-    ("fused-bf16state"; float32 params: 16, bf16: 10). INNAprop also reads and writes exp_avg_sq,
-    float32 for 16-bit params (float64 for float64): 3·e + 2·phase + 2·4, i.e. float32: 28 (as
-    AdamW), bf16: 22; with a bfloat16 phase ("innaprop-bf16state") float32: 24, bf16: 18.
+    ("fused-bf16state"; float32 params: 16, bf16: 10). INNAprop also reads and writes exp_avg_sq
+    (float32, float64 for float64 params): 3·e + 2·phase + 2·4, i.e. float32: 28 (as AdamW),
+    bf16: 22; with a bfloat16 phase ("innaprop-bf16state") float32: 24, bf16: 18.
     SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
     write θ, m, v, their state in the param dtype (as torch keeps it). The stream op reads a, b
     and writes a. Per-tensor scalars (step counts) are ignored. The slower paths (per-param loop,
