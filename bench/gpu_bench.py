@@ -1,4 +1,4 @@
-"""GPU benchmark of the fused INNA step (run by bench/gpu_check.sh on a machine with a GPU).
+"""GPU benchmark of the fused INNA and INNAprop steps (run by bench/gpu_check.sh on a GPU machine).
 
 Measured side by side in one run (medians of CUDA-event timings after warm-up):
   - device-to-device copy bandwidth (bytes read + written) and an in-place `a.add_(b, alpha)`;
@@ -8,6 +8,11 @@ Measured side by side in one run (medians of CUDA-event timings after warm-up):
     stochastic rounding on: fp32 θ,g + fp32 phase (20 B/element), fp32 + bf16 phase (16 B),
     bf16 θ,g + fp32 phase (14 B), bf16 + bf16 phase (10 B);
   - torch.optim.Adam(fused=True) and INNA's foreach path on the same list (time ratios);
+  - the fused INNAprop step against torch.optim.AdamW(fused=True) on the same list, eager and
+    CUDA-graph replay: both move 28 bytes/element in float32 (INNAprop reads θ, g, phase,
+    exp_avg_sq and writes θ, phase, exp_avg_sq; AdamW reads θ, g, m, v and writes θ, m, v);
+  - INNAprop's op alone for each param × phase dtype pair (exp_avg_sq float32): fp32 + fp32 phase
+    (28 B/element), fp32 + bf16 phase (24 B), bf16 + fp32 phase (22 B), bf16 + bf16 phase (18 B);
   - 10,000 tensors × 1,000 elements against one flat tensor of 1e7 (per-element time ratio);
   - kernel launches per step (torch.profiler; falls back to "n/a" where CUPTI is unavailable).
 
@@ -36,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the source tree'
 import inna_fused  # noqa: E402
 from inna_fused import INNA  # noqa: E402
 
-BYTES_PER_ELEMENT = {"inna_f32": 20, "inna_bf16": 14, "adam_f32": 28, "copy": 8, "add": 12}
+BYTES_PER_ELEMENT = {"inna_f32": 20, "inna_bf16": 14, "adam_f32": 28, "innaprop_f32": 28,
+                     "copy": 8, "add": 12}
 
 # The op's traffic per element for (param dtype, phase dtype): θ read + written, g read, the phase
 # read + written.
@@ -46,6 +52,17 @@ STATE_DTYPE_PAIRS = {
     "bf16 θ,g + fp32 phase": (torch.bfloat16, torch.float32, 14),
     "bf16 θ,g + bf16 phase": (torch.bfloat16, torch.bfloat16, 10),
 }
+
+
+# INNAprop's op per element for (param dtype, phase dtype): θ read + written, g read, the phase
+# read + written, exp_avg_sq (float32) read + written.
+INNAPROP_STATE_DTYPE_PAIRS = {
+    "fp32 θ,g + fp32 phase": (torch.float32, torch.float32, 3 * 4 + 2 * 4 + 2 * 4),
+    "fp32 θ,g + bf16 phase": (torch.float32, torch.bfloat16, 3 * 4 + 2 * 2 + 2 * 4),
+    "bf16 θ,g + fp32 phase": (torch.bfloat16, torch.float32, 3 * 2 + 2 * 4 + 2 * 4),
+    "bf16 θ,g + bf16 phase": (torch.bfloat16, torch.bfloat16, 3 * 2 + 2 * 2 + 2 * 4),
+}
+INNAPROP_HYPER = dict(alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8, weight_decay=0.01)
 
 
 def gpt2_shapes(layers: int, d: int, vocab: int, ctx: int) -> list[tuple[int, ...]]:
@@ -116,8 +133,9 @@ def graph_of(step, device):
     return graph
 
 
-def count_kernels(step, device) -> dict | None:
-    """Kernels one step launches (by name), from torch.profiler; None if nothing was recorded."""
+def count_kernels(step, device, functor="InnaFunctor") -> dict | None:
+    """Kernels one step launches (by name), from torch.profiler; None if nothing was recorded.
+    `functor`: the main kernel's functor (InnaFunctor, InnapropFunctor)."""
     if device.type != "cuda":
         return None
     try:
@@ -132,7 +150,7 @@ def count_kernels(step, device) -> dict | None:
         return None
     inna = [n for n in names if "inna_" in n]
     return {"all_kernels": len(names), "inna_kernels": len(inna),
-            "inna_main": sum("multi_tensor_kernel" in n and "InnaFunctor" in n for n in inna),
+            "inna_main": sum("multi_tensor_kernel" in n and functor in n for n in inna),
             "inna_step_increment": sum("step_increment_kernel" in n for n in inna)}
 
 
@@ -225,6 +243,77 @@ def bench_state_dtypes(shapes, device, timer, args):
     return out
 
 
+def innaprop_available(device) -> bool:
+    from inna_fused import _ops
+
+    return _ops.op_kernel_available(_ops.INNAPROP_OP_NAME, device.type)
+
+
+def bench_innaprop_list(shapes, device, timer, args):
+    """Fused INNAprop against AdamW(fused=True) on the same fp32 list (28 B/element each): eager,
+    and CUDA-graph replay where there is a GPU (both capturable, with a tensor lr)."""
+    n = sum(math.prod(s) for s in shapes)
+    bpe = BYTES_PER_ELEMENT["innaprop_f32"]
+    out = {"tensors": len(shapes), "elements": n, "bytes_per_element": bpe}
+    capturable = device.type == "cuda"
+    params = make_params(shapes, torch.float32, device)
+    for name, make in (
+            ("innaprop", lambda lr: inna_fused.INNAprop(params, lr=lr, fused=True,
+                                                        capturable=capturable, **INNAPROP_HYPER)),
+            ("adamw", lambda lr: torch.optim.AdamW(params, lr=lr, fused=True,
+                                                   capturable=capturable, weight_decay=0.01))):
+        opt = make(torch.tensor(1e-4, device=device) if capturable else 1e-4)
+        out[f"{name}_ms"] = timer(opt.step)
+        out[f"{name}_GBps"] = bpe * n / out[f"{name}_ms"] / 1e6
+        if name == "innaprop":
+            out["innaprop_launches"] = count_kernels(opt.step, device, "InnapropFunctor")
+        graph = graph_of(opt.step, device)
+        if graph is not None:
+            out[f"{name}_graph_ms"] = timer(graph.replay)
+            out[f"{name}_graph_GBps"] = bpe * n / out[f"{name}_graph_ms"] / 1e6
+            del graph
+        del opt
+        free()
+    del params
+    free()
+    return out
+
+
+def bench_innaprop_state_dtypes(shapes, device, timer, args):
+    """INNAprop's op alone (no optimizer class) for each param × phase dtype pair, stochastic
+    rounding on, past the first step (k = 1: the phase and exp_avg_sq are read): eager, and
+    CUDA-graph replay where there is a GPU."""
+    n = sum(math.prod(s) for s in shapes)
+    out = {}
+    for name, (dtype, phase_dtype, bytes_per_element) in INNAPROP_STATE_DTYPE_PAIRS.items():
+        if args.no_bf16 and dtype == torch.bfloat16:
+            continue
+        gen = torch.Generator(device=device).manual_seed(0)
+        params = [torch.randn(s, dtype=dtype, device=device, generator=gen) for s in shapes]
+        grads = [torch.randn(s, dtype=dtype, device=device, generator=gen) for s in shapes]
+        phases = [torch.zeros(s, dtype=phase_dtype, device=device) for s in shapes]
+        exp_avg_sqs = [torch.rand(s, device=device, generator=gen) for s in shapes]  # float32
+        steps = [torch.ones((), device=device) for _ in shapes]
+        lr = torch.tensor(1e-4, device=device)
+
+        def step():
+            torch.ops.inna_fused.fused_innaprop_.tensor_lr(
+                params, grads, phases, exp_avg_sqs, steps, lr=lr, maximize=False,
+                stochastic_rounding=True, seed=0, **INNAPROP_HYPER)
+
+        row = {"bytes_per_element": bytes_per_element, "ms": timer(step)}
+        row["GBps"] = bytes_per_element * n / row["ms"] / 1e6
+        graph = graph_of(step, device)
+        if graph is not None:
+            row["graph_ms"] = timer(graph.replay)
+            row["graph_GBps"] = bytes_per_element * n / row["graph_ms"] / 1e6
+            del graph
+        out[name] = row
+        del params, grads, phases, exp_avg_sqs, steps, step
+        free()
+    return out
+
+
 def bench_small_tensors(count, numel, device, timer):
     out = {"count": count, "numel": numel}
     for name, shapes in (("list", [(numel,)] * count), ("flat", [(count * numel,)])):
@@ -278,12 +367,37 @@ def summarise(results):
     if "inna_bf16_ms" in model:
         rows.append(("fused INNA step, bf16 params (14 B/elem)",
                      f"{model['inna_bf16_ms']:.2f} ms, {model['inna_bf16_GBps']:.0f} GB/s", "", ""))
-    for name, row in results.get("state_dtypes", {}).items():
-        kind, ms, gbps = ("CUDA graph", row["graph_ms"], row["graph_GBps"]) if "graph_ms" in row \
-            else ("eager", row["ms"], row["GBps"])
-        rows.append((f"op alone, {name} ({row['bytes_per_element']} B/elem, SR on), {kind}",
-                     f"{ms:.2f} ms, {gbps:.0f} GB/s, {100 * gbps / bw['copy_GBps']:.1f}% of copy",
-                     "", ""))
+    def op_alone_rows(what, pairs):
+        for name, row in pairs.items():
+            kind, ms, gbps = ("CUDA graph", row["graph_ms"], row["graph_GBps"]) \
+                if "graph_ms" in row else ("eager", row["ms"], row["GBps"])
+            rows.append((f"{what}, {name} ({row['bytes_per_element']} B/elem, SR on), {kind}",
+                         f"{ms:.2f} ms, {gbps:.0f} GB/s, "
+                         f"{100 * gbps / bw['copy_GBps']:.1f}% of copy", "", ""))
+
+    op_alone_rows("op alone", results.get("state_dtypes", {}))
+    prop = results.get("innaprop")
+    if prop:
+        # No INNAprop target in bench/NOTES.md yet: the ratios are shown for information.
+        bpe = prop["bytes_per_element"]
+        for name, what in (("innaprop", "fused INNAprop step"), ("adamw", "AdamW(fused=True) step")):
+            rows.append((f"{what} ({bpe} B/elem), eager",
+                         f"{prop[name + '_ms']:.2f} ms, {prop[name + '_GBps']:.0f} GB/s, "
+                         f"{100 * prop[name + '_GBps'] / bw['copy_GBps']:.1f}% of copy", "", ""))
+            if name + "_graph_ms" in prop:
+                rows.append((f"{what} ({bpe} B/elem), CUDA graph replay",
+                             f"{prop[name + '_graph_ms']:.2f} ms, "
+                             f"{prop[name + '_graph_GBps']:.0f} GB/s, "
+                             f"{100 * prop[name + '_graph_GBps'] / bw['copy_GBps']:.1f}% of copy",
+                             "", ""))
+        ratio_row("fused INNAprop time / AdamW(fused) time, eager",
+                  prop["innaprop_ms"] / prop["adamw_ms"])
+        if "innaprop_graph_ms" in prop and "adamw_graph_ms" in prop:
+            ratio_row("fused INNAprop time / AdamW(fused) time, CUDA graph",
+                      prop["innaprop_graph_ms"] / prop["adamw_graph_ms"])
+    elif "innaprop_skipped" in results:
+        rows.append(("fused INNAprop", f"skipped: {results['innaprop_skipped']}", "", ""))
+    op_alone_rows("INNAprop op alone", results.get("innaprop_state_dtypes", {}))
     tag = f"{small['count']} x {small['numel']}"
     ratio_row(f"{tag} list / flat per-element time, eager (host-bound)",
               small["list_ms"] / small["flat_ms"], None if "list_graph_ms" in small else 1.5,
@@ -291,7 +405,10 @@ def summarise(results):
     if "list_graph_ms" in small:
         ratio_row(f"{tag} list / flat per-element time, CUDA graph",
                   small["list_graph_ms"] / small["flat_graph_ms"], 1.5, higher_is_better=False)
-    for what, counts in ((label, model.get("inna_launches")), (tag, small.get("list_launches"))):
+    launches = [(label, model.get("inna_launches")), (tag, small.get("list_launches"))]
+    if prop:
+        launches.append((f"{label}, INNAprop", prop.get("innaprop_launches")))
+    for what, counts in launches:
         value = "n/a (no profiler data)" if not counts else (
             f"{counts['inna_main']} main + {counts['inna_step_increment']} step-increment "
             f"({counts['all_kernels']} kernels in all)")
@@ -317,6 +434,8 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 param lists")
+    p.add_argument("--no-innaprop", action="store_true",
+                   help="skip INNAprop (vs AdamW(fused) and its op alone)")
     p.add_argument("--md", type=Path, help="write the markdown table here")
     p.add_argument("--json", type=Path, help="write all measurements here")
     return p.parse_args(argv)
@@ -340,10 +459,23 @@ def main(argv=None) -> int:
     print(f"model list done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     results["state_dtypes"] = bench_state_dtypes(shapes, device, timer, args)
     print(f"param x phase dtypes done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    if args.no_innaprop:
+        results["innaprop_skipped"] = "--no-innaprop"
+    elif not innaprop_available(device):
+        from inna_fused import _ops
+
+        results["innaprop_skipped"] = _ops.op_unavailable_reason(_ops.INNAPROP_OP_NAME,
+                                                                 device.type)
+    else:
+        results["innaprop"] = bench_innaprop_list(shapes, device, timer, args)
+        print(f"INNAprop vs AdamW done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        results["innaprop_state_dtypes"] = bench_innaprop_state_dtypes(shapes, device, timer, args)
+        print(f"INNAprop param x phase dtypes done ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr)
     results["small"] = bench_small_tensors(args.small_count, args.small_numel, device, timer)
     print(f"small tensors done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     clock = "CUDA-event" if device.type == "cuda" else "wall-clock"
-    header = (f"INNA fused step on {results['device']} (torch {results['torch']}); medians of "
+    header = (f"INNA and INNAprop fused steps on {results['device']} (torch {results['torch']}); medians of "
               f"{args.reps} {clock} timings after {args.warmup} warm-up steps")
     table = markdown(summarise(results), header)
     print(table)

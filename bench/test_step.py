@@ -1,10 +1,11 @@
-"""One optimizer step per provider × device × dtype × workload (see conftest.py)."""
+"""One optimizer step per provider × device × dtype × workload (see conftest.py), INNA's and
+INNAprop's implementations and the baselines."""
 import pytest
 
 from inna_fused import bench as B
 
 
-def test_step(benchmark, smoke, device, dtype, workload_name, provider):
+def test_step(benchmark, smoke, record_median, device, dtype, workload_name, provider):
     workload = B.make_workload(workload_name)
     if smoke:
         workload = B.shrink(workload)
@@ -22,3 +23,4 @@ def test_step(benchmark, smoke, device, dtype, workload_name, provider):
     if stats is not None:
         benchmark.extra_info["gbps_median"] = B.effective_gbps(runner.bytes_per_step,
                                                                stats.stats.median)
+        record_median(runner, stats.stats.median)

@@ -1,10 +1,13 @@
-"""`python -m inna_fused bench`: INNA's step time against torch's fused optimizers, side by side.
+"""`python -m inna_fused bench`: INNA and INNAprop step times beside torch's fused optimizers.
 
 For each workload, every provider gets its own tensors and the providers are timed interleaved
 (round-robin repeats), so that noise from a shared machine hits all of them alike; the table shows
 medians. Effective bandwidth = bytes the step must move / median time (see
 inna_fused.bench.providers.bytes_per_element); "% stream" compares it with an in-place
 `a.add_(b, alpha=s)` (float32, 12 bytes/element) over as many elements, timed in the same rounds.
+"x vs <baseline>" columns: the baseline's median time / the row's. A second table gives INNAprop's
+time ratios: fused INNAprop / AdamW(fused) (28 bytes/element each in float32), the authors'
+per-parameter loop / fused INNAprop, and the opt-in foreach and bf16-state rows.
 """
 from __future__ import annotations
 
@@ -15,9 +18,14 @@ import platform
 import sys
 
 from . import report
-from .providers import DEFAULT_PROVIDERS, PROVIDERS
+from .providers import DEFAULT_PROVIDERS, OPT_IN_PROVIDERS, PROVIDERS
 from .timing import DEFAULT_MAX_REPEATS, calls_in_round_robin, dtype_name, measure
 from .workloads import DEFAULT_WORKLOADS, FLAT_LADDER, make_workload
+
+# Samples per slow provider (the per-parameter loops and the foreach paths take up to seconds per
+# step); the rest get --repeats.
+MAX_REPEATS = {**DEFAULT_MAX_REPEATS, "innaprop-loop": DEFAULT_MAX_REPEATS["reference"],
+               "innaprop-foreach": DEFAULT_MAX_REPEATS["foreach"]}
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "float64": "float64", "fp64": "float64"}
@@ -35,10 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bert-base, tiny-10000, <model>-flat; 'ladder' = flat 2^16..2^26 "
                              "(default: %(default)s)")
     parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS),
-                        help="comma-separated subset of %(default)s")
+                        help="comma-separated, from %(default)s; also "
+                             + ", ".join(OPT_IN_PROVIDERS))
     parser.add_argument("--repeats", type=int, default=10,
                         help="timed samples per provider and workload (default %(default)s; the "
-                             "reference loop gets at most 3, foreach at most 5)")
+                             "per-param loops (INNA's, the authors' INNAprop) get at most 3, "
+                             "the foreach paths at most 5)")
     parser.add_argument("--min-time", type=float, default=0.005,
                         help="seconds a timed sample lasts at least: fast steps are batched "
                              "(default %(default)s)")
@@ -130,7 +140,7 @@ def run(args) -> int:
         return 2
     env = environment(device)
     total = len(dtypes) * len(workloads) * calls_in_round_robin(providers, args.repeats,
-                                                                  DEFAULT_MAX_REPEATS)
+                                                                  MAX_REPEATS)
     progress = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -138,34 +148,38 @@ def run(args) -> int:
         progress = tqdm(total=total, desc="bench", unit="step", file=sys.stderr, leave=False)
     try:
         rows = measure(workloads, providers, dtypes, device, args.repeats, args.min_time,
-                       progress=progress)
+                       max_repeats=MAX_REPEATS, progress=progress)
     finally:
         if progress is not None:
             progress.close()
     report.add_ratios(rows)
     checks = report.check_targets(rows)
+    innaprop = report.innaprop_ratios(rows)
     print(f"inna_fused {env['inna_fused']} ({env['inna_fused_build'].get('cpu_simd')}), "
           f"torch {env['torch']}, {env['device_name']}, {env['threads']} threads; "
           f"medians of {args.repeats} interleaved samples "
-          f"(per-param loop <= {DEFAULT_MAX_REPEATS['reference']}, "
-          f"foreach <= {DEFAULT_MAX_REPEATS['foreach']})")
+          f"(per-param loops <= {MAX_REPEATS['reference']}, "
+          f"foreach <= {MAX_REPEATS['foreach']})")
     print(report.format_table(rows))
     print()
+    if innaprop:
+        print(report.format_innaprop(innaprop))
+        print()
     print(report.format_checks(checks))
     if args.json:
         result = {"schema": "inna_fused.bench/2",
                   "command": "python -m inna_fused " + " ".join(sys.argv[1:]),
                   "environment": env,
                   "settings": {"repeats": args.repeats, "min_time_s": args.min_time,
-                               "max_repeats": DEFAULT_MAX_REPEATS, "workloads": workloads,
+                               "max_repeats": MAX_REPEATS, "workloads": workloads,
                                "providers": providers, "dtypes": [dtype_name(d) for d in dtypes]},
-                  "results": rows, "targets": checks}
+                  "results": rows, "targets": checks, "innaprop": innaprop}
         directory = os.path.dirname(args.json)
         if directory:
             os.makedirs(directory, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     if args.plot:
-        report.plot(rows, args.plot, f"INNA step, {env['device_name']}, {env['threads']} threads, "
+        report.plot(rows, args.plot, f"INNA / INNAprop step, {env['device_name']}, {env['threads']} threads, "
                               f"torch {env['torch']}")
     return 0

@@ -1,6 +1,6 @@
-"""Benchmark providers: the INNA implementations and the baselines they are compared with, each
-built as a `Runner` whose `step()` is the timed callable (it synchronises CUDA itself), and the
-bytes one step must move per element (effective bandwidth = bytes / step time).
+"""Benchmark providers: the INNA and INNAprop implementations and the baselines they are compared
+with, each built as a `Runner` whose `step()` is the timed callable (it synchronises CUDA itself),
+and the bytes one step must move per element (effective bandwidth = bytes / step time).
 """
 from __future__ import annotations
 
@@ -12,16 +12,29 @@ import torch
 from .workloads import Shape, Workload
 
 INNA_PROVIDERS = ("reference", "foreach", "fused", "fused-bf16state", "fused-nearest")
+# "innaprop-loop" is the authors' per-parameter step, literally (inna_fused.reference.
+# innaprop_reference_ on each param with a grad, state kept per param as their class keeps it).
+INNAPROP_PROVIDERS = ("innaprop-loop", "innaprop-foreach", "innaprop", "innaprop-bf16state")
 BASELINE_PROVIDERS = ("sgd", "adam", "adamw", "stream")
-PROVIDERS = INNA_PROVIDERS + BASELINE_PROVIDERS
-# "fused-nearest" only differs from "fused" for 16-bit params: it runs when asked for.
-DEFAULT_PROVIDERS = tuple(p for p in PROVIDERS if p != "fused-nearest")
+PROVIDERS = INNA_PROVIDERS + INNAPROP_PROVIDERS + BASELINE_PROVIDERS
+# Run when asked for: "fused-nearest" only differs from "fused" for 16-bit params;
+# "innaprop-foreach" was up to 3x slower than the authors' loop on flat tensors here (seconds per
+# step on the largest default workloads), for a row whose kind INNA's foreach row already shows. The authors' loop is in the
+# default set: about as slow as INNA's per-param loop, capped at as few samples (see
+# command.MAX_REPEATS), it gives the fused INNAprop's speed-up over the authors' code.
+OPT_IN_PROVIDERS = ("fused-nearest", "innaprop-foreach")
+DEFAULT_PROVIDERS = tuple(p for p in PROVIDERS if p not in OPT_IN_PROVIDERS)
+FUSED_INNAPROP_PROVIDERS = ("innaprop", "innaprop-bf16state")
 PROVIDER_LABELS = {
     "reference": "INNA per-param loop",
     "foreach": "INNA foreach",
     "fused": "INNA fused",
     "fused-bf16state": "INNA fused, bf16 state",
     "fused-nearest": "INNA fused, round to nearest",
+    "innaprop-loop": "INNAprop authors' loop",
+    "innaprop-foreach": "INNAprop foreach",
+    "innaprop": "INNAprop fused",
+    "innaprop-bf16state": "INNAprop fused, bf16 state",
     "sgd": "torch SGD(m=0.9, fused)",
     "adam": "torch Adam(fused)",
     "adamw": "torch AdamW(fused)",
@@ -36,16 +49,25 @@ def bytes_per_element(provider: str, dtype: torch.dtype) -> int:
 
     INNA reads θ, g, its state (the phase) and writes θ and the state; the state is float32 for
     16-bit params (float32: 20, bf16: 14), or bfloat16 with `state_dtype=torch.bfloat16`
-    ("fused-bf16state"; float32 params: 16, bf16: 10). SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
+    ("fused-bf16state"; float32 params: 16, bf16: 10). INNAprop also reads and writes exp_avg_sq
+    (float32, float64 for float64 params): 3·e + 2·phase + 2·4, i.e. float32: 28 (as AdamW),
+    bf16: 22; with a bfloat16 phase ("innaprop-bf16state") float32: 24, bf16: 18.
+    SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
     write θ, m, v, their state in the param dtype (as torch keeps it). The stream op reads a, b
-    and writes a. Per-tensor scalars (step counts) are ignored.
+    and writes a. Per-tensor scalars (step counts) are ignored. The slower paths (per-param loop,
+    foreach, the authors' INNAprop loop, whose state is in the param dtype) are charged what the
+    fused step of the same algorithm must move: their extra traffic is their inefficiency.
     """
     e = torch.empty((), dtype=dtype).element_size()
+    wide = 8 if dtype == torch.float64 else 4  # the default state dtype's size
     if provider == "fused-bf16state":
         return 3 * e + 2 * 2
     if provider in INNA_PROVIDERS:
-        state = 8 if dtype == torch.float64 else 4
-        return 3 * e + 2 * state
+        return 3 * e + 2 * wide
+    if provider == "innaprop-bf16state":
+        return 3 * e + 2 * 2 + 2 * wide
+    if provider in INNAPROP_PROVIDERS:
+        return 3 * e + 2 * wide + 2 * wide
     if provider == "sgd":
         return 5 * e
     if provider in ("adam", "adamw"):
@@ -87,6 +109,38 @@ class Runner:
 
 
 LR = 1e-3  # small, so that parameters stay in a normal range over hundreds of timed steps
+# INNAprop's hyperparameters: the defaults of inna_fused.INNAprop (the authors' defaults).
+INNAPROP_HYPER = dict(alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8, weight_decay=0.01)
+
+
+class AuthorsINNAprop(torch.optim.Optimizer):
+    """The authors' INNAprop class, as far as its step goes: for each param with a grad, state
+    (int step, ψ, exp_avg_sq in the param's dtype) created on its first step, then their step
+    literally (inna_fused.reference.innaprop_reference_, which initialises ψ at t = 1)."""
+
+    def __init__(self, params, lr=LR, alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8,
+                 weight_decay=0.01):
+        super().__init__(params, dict(lr=lr, alpha=alpha, beta=beta, sigma=sigma, eps=eps,
+                                      weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from ..reference import innaprop_reference_
+
+        for group in self.param_groups:
+            hyper = {k: group[k] for k in ("lr", "alpha", "beta", "sigma", "eps", "weight_decay")}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["psi"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                innaprop_reference_(p, state["psi"], state["exp_avg_sq"], p.grad, state["step"],
+                                    **hyper)
+        return None
 
 
 def _random_params(shapes: Sequence[Shape], device, dtype, generator) -> list[torch.nn.Parameter]:
@@ -101,7 +155,9 @@ def _random_params(shapes: Sequence[Shape], device, dtype, generator) -> list[to
 
 
 def make_optimizer(provider: str, params) -> torch.optim.Optimizer:
-    """The optimizer behind a provider (INNA in one of its implementations, or a torch baseline)."""
+    """The optimizer behind a provider (INNA or INNAprop in one of their implementations, the
+    authors' INNAprop loop, or a torch baseline)."""
+    from ..innaprop import INNAprop
     from ..optimizer import INNA
 
     if provider == "reference":
@@ -114,6 +170,14 @@ def make_optimizer(provider: str, params) -> torch.optim.Optimizer:
         return INNA(params, lr=LR, fused=True, state_dtype=torch.bfloat16)
     if provider == "fused-nearest":  # no stochastic rounding (only 16-bit stores differ)
         return INNA(params, lr=LR, fused=True, stochastic_rounding=False)
+    if provider == "innaprop-loop":
+        return AuthorsINNAprop(params, lr=LR, **INNAPROP_HYPER)
+    if provider == "innaprop-foreach":
+        return INNAprop(params, lr=LR, **INNAPROP_HYPER, foreach=True, fused=False)
+    if provider == "innaprop":
+        return INNAprop(params, lr=LR, **INNAPROP_HYPER, fused=True)
+    if provider == "innaprop-bf16state":
+        return INNAprop(params, lr=LR, **INNAPROP_HYPER, fused=True, state_dtype=torch.bfloat16)
     if provider == "sgd":
         return torch.optim.SGD(params, lr=LR, momentum=0.9, fused=True)
     if provider == "adam":
@@ -134,6 +198,9 @@ def make_runner(provider: str, workload: Workload, device="cpu", dtype=torch.flo
         raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
     if provider.startswith("fused") and not _ops.kernel_available(device.type):
         raise ProviderUnavailable(_ops.unavailable_reason(device.type))
+    if provider in FUSED_INNAPROP_PROVIDERS and not _ops.op_kernel_available(
+            _ops.INNAPROP_OP_NAME, device.type):
+        raise ProviderUnavailable(_ops.op_unavailable_reason(_ops.INNAPROP_OP_NAME, device.type))
     generator = torch.Generator().manual_seed(seed)
     if provider == "stream":
         a, b = (torch.randn(workload.numel, generator=generator).to(device, STREAM_DTYPE)

@@ -1,13 +1,28 @@
-"""Benchmark report: ratios between providers, the targets (bench/NOTES.md, "Targets"), the table
+"""Benchmark report: ratios between providers, the targets (bench/NOTES.md, "Targets"), the table,
+INNAprop's ratios (against AdamW(fused), which moves as many bytes, and against the authors' loop)
 and the plot."""
 from __future__ import annotations
 
 import os
 from typing import Optional
 
-from .providers import INNA_PROVIDERS, PROVIDER_LABELS
+from .providers import INNA_PROVIDERS, INNAPROP_PROVIDERS, PROVIDER_LABELS
 
-SPEEDUP_BASELINES = (("reference", "ref"), ("foreach", "foreach"), ("sgd", "SGD"), ("adam", "Adam"))
+# (provider, short name): each row's speed-up against these, as "x vs <short>" columns of the
+# table (other provider's median time / this row's); a column shows when its baseline ran.
+SPEEDUP_BASELINES = (("reference", "ref"), ("foreach", "foreach"), ("innaprop-loop", "authors"),
+                     ("innaprop-foreach", "prop-foreach"), ("sgd", "SGD"), ("adam", "Adam"),
+                     ("adamw", "AdamW"))
+
+# INNAprop's ratios (time of the first / time of the second), one row per workload and dtype:
+# (key, column header, numerator provider, denominator provider).
+INNAPROP_RATIOS = (
+    ("innaprop_vs_adamw", "INNAprop / AdamW time", "innaprop", "adamw"),
+    ("loop_vs_innaprop", "authors' loop / INNAprop time", "innaprop-loop", "innaprop"),
+    ("foreach_vs_innaprop", "foreach / INNAprop time", "innaprop-foreach", "innaprop"),
+    ("bf16state_vs_innaprop", "bf16 state / fp32 state time", "innaprop-bf16state", "innaprop"),
+    ("innaprop_vs_inna", "INNAprop / INNA fused time", "innaprop", "fused"),
+)
 
 # The targets, as stated in bench/NOTES.md ("Targets"): "accepted" is the threshold a release must
 # meet, "goal" the stricter one aimed at (None: no accepted threshold).
@@ -120,22 +135,11 @@ def _fmt(value, spec, missing="-") -> str:
     return missing if value is None else format(value, spec)
 
 
-def format_table(rows: list[dict]) -> str:
-    headers = ["workload", "dtype", "provider", "median ms", "GB/s", "% stream",
-               *(f"x vs {short}" for _, short in SPEEDUP_BASELINES)]
-    body = []
-    for row in rows:
-        if row["median_s"] is None:
-            body.append([row["workload"], row["dtype"], row["label"],
-                         f"skipped ({row['skipped'][:40]})", "", "",
-                         *[""] * len(SPEEDUP_BASELINES)])
-            continue
-        body.append([row["workload"], row["dtype"], row["label"],
-                     _fmt(row["median_s"] * 1e3, ".3f"), _fmt(row["gbps"], ".2f"),
-                     _fmt(row["pct_stream"], ".0f"),
-                     *(_fmt(row["speedup"][b], ".2f") for b, _ in SPEEDUP_BASELINES)])
+def _columns(headers: list[str], body: list[list[str]], keys: list, text_columns: int) -> str:
+    """Aligned columns (the first `text_columns` left-aligned, the rest right-aligned), a blank
+    line wherever `keys` changes from one body row to the next."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
-    numeric = [False, False, False] + [True] * (len(headers) - 3)
+    numeric = [False] * text_columns + [True] * (len(headers) - text_columns)
 
     def line(cells):
         return "  ".join(str(c).rjust(w) if num else str(c).ljust(w)
@@ -143,13 +147,69 @@ def format_table(rows: list[dict]) -> str:
 
     out = [line(headers), line(["-" * w for w in widths])]
     previous = None
-    for row, cells in zip(rows, body):
-        key = (row["workload"], row["dtype"])
+    for key, cells in zip(keys, body):
         if previous is not None and key != previous:
             out.append("")
         previous = key
         out.append(line(cells))
     return "\n".join(out)
+
+
+def format_table(rows: list[dict]) -> str:
+    ran = {row["provider"] for row in rows if row["median_s"] is not None}
+    # A speed-up column only for baselines that ran (older rows may lack the newer baselines).
+    baselines = [(b, short) for b, short in SPEEDUP_BASELINES if b in ran]
+    headers = ["workload", "dtype", "provider", "median ms", "GB/s", "% stream",
+               *(f"x vs {short}" for _, short in baselines)]
+    body = []
+    for row in rows:
+        if row["median_s"] is None:
+            body.append([row["workload"], row["dtype"], row["label"],
+                         f"skipped ({row['skipped'][:40]})", "", "", *[""] * len(baselines)])
+            continue
+        body.append([row["workload"], row["dtype"], row["label"],
+                     _fmt(row["median_s"] * 1e3, ".3f"), _fmt(row["gbps"], ".2f"),
+                     _fmt(row["pct_stream"], ".0f"),
+                     *(_fmt(row["speedup"].get(b), ".2f") for b, _ in baselines)])
+    return _columns(headers, body, [(row["workload"], row["dtype"]) for row in rows], 3)
+
+
+def innaprop_ratios(rows: list[dict]) -> list[dict]:
+    """For each (device, dtype, workload) where fused INNAprop ran: the time ratios of
+    INNAPROP_RATIOS (None where one side did not run) and INNAprop's % of the stream yardstick."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        if row["median_s"] is not None:
+            groups.setdefault((row["device"], row["dtype"], row["workload"]), {})[
+                row["provider"]] = row
+    out = []
+    for (device, dtype, workload), group in groups.items():
+        innaprop = group.get("innaprop")
+        if innaprop is None:
+            continue
+        entry = {"device": device, "dtype": dtype, "workload": workload,
+                 "numel": innaprop["numel"], "tensors": innaprop.get("tensors"),
+                 "innaprop_pct_stream": innaprop.get("pct_stream")}
+        for key, _, numerator, denominator in INNAPROP_RATIOS:
+            a, b = group.get(numerator), group.get(denominator)
+            entry[key] = a["median_s"] / b["median_s"] if a and b else None
+        out.append(entry)
+    return out
+
+
+def format_innaprop(ratios: list[dict]) -> str:
+    """INNAprop's ratios as a table (time ratios: below 1 means the first is faster); empty when
+    fused INNAprop did not run."""
+    if not ratios:
+        return ""
+    shown = [(key, header) for key, header, _, _ in INNAPROP_RATIOS
+             if any(r[key] is not None for r in ratios)]
+    headers = ["workload", "dtype", *(header for _, header in shown), "INNAprop % stream"]
+    body = [[r["workload"], r["dtype"], *(_fmt(r[key], ".2f") for key, _ in shown),
+             _fmt(r["innaprop_pct_stream"], ".0f")] for r in ratios]
+    title = ("INNAprop fused against AdamW(fused) (both move 28 B/element in float32) and the "
+             "authors' per-parameter loop (time ratios):")
+    return title + "\n" + _columns(headers, body, [r["dtype"] for r in ratios], 2)
 
 
 def format_checks(checks: list[dict]) -> str:
@@ -185,8 +245,9 @@ def plot(rows: list[dict], path: str, title: str) -> None:
         if provider == "stream":
             ax.plot(xs, ys, "k--", linewidth=2, label=label + " (yardstick)")
         else:
-            style = "o-" if provider in INNA_PROVIDERS else "s:"
-            ax.plot(xs, ys, style, linewidth=2.5 if provider == "fused" else 1.2, label=label)
+            style = ("o-" if provider in INNA_PROVIDERS else
+                     "^-" if provider in INNAPROP_PROVIDERS else "s:")
+            ax.plot(xs, ys, style, linewidth=2.5 if provider in ("fused", "innaprop") else 1.2, label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("elements (one flat tensor)")
