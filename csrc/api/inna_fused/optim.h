@@ -1,4 +1,5 @@
-// inna_fused/optim.h — INNA for libtorch (C++) programs, in the style of torch::optim.
+// inna_fused/optim.h — INNA and INNAprop for libtorch (C++) programs, in the style of
+// torch::optim. (INNAprop: see its section below.)
 //
 //   #include <inna_fused/optim.h>
 //   inna_fused::INNA optimizer(model->parameters(),
@@ -145,6 +146,100 @@ class INNA : public torch::optim::Optimizer {
 // phases' dtype is).
 void fused_inna_(at::TensorList params, at::TensorList grads, at::TensorList phases,
                  at::TensorList steps, const INNAOptions& options);
+
+// ---- INNAprop ----------------------------------------------------------------------------------
+//
+// INNAprop (Bolte, Boustany, Pauwels, Purica 2024): INNA with an RMSprop-scaled gradient, as the
+// Python class inna_fused.INNAprop (same defaults, rules, state and op). With γ = lr, λ =
+// weight_decay and t = k + 1 (k the steps the param has taken), for a parameter θ with gradient g:
+//     v ← σv + (1 − σ)g²;  d = √v/√(1 − σ^t) + ε;  u = g/d
+//     w ← w + (1 − αβ)γλθ/β,  θ ← (1 − γλ)θ          (decoupled weight decay, when λ ≠ 0)
+//     θ ← θ − γ(w + βu);  w ← (1 − αγ)w + (1 − αβ)γu
+// which is the authors' step in their ψ = (1 − αβ)θ + βw exactly (w₀ = 0: ψ₀ = (1 − αβ)θ₀). The
+// authors require γ < β (their θ update divides by β − γ). csrc/innaprop_math.h is the reference.
+//
+// State per parameter (INNApropParamState): `phase` (w; dtype: state_dtype, by default float32,
+// float64 for float64 params), `exp_avg_sq` (v; always float32, float64 for float64 params) and
+// `step` (a float32 0-d tensor on the param's device). Complex params are refused (as in Python:
+// pass torch::view_as_real views). step() calls the registered op inna_fused::fused_innaprop_ once
+// per (device, param dtype, phase dtype) of each param group.
+//
+// Archives: options and state go through torch::save / torch::load. A param state that holds the
+// authors' `psi` instead of `phase` also loads: ψ is converted at load to w = (ψ − (1 − αβ)θ)/β in
+// float64 from the params' current values (load the model's params first); a `step` of another
+// dtype (e.g. int64) becomes float32. Python state_dicts (torch.save of a dict) are not read.
+struct INNApropOptions : public torch::optim::OptimizerCloneableOptions<INNApropOptions> {
+  INNApropOptions(double lr = 1e-3);  // NOLINT: implicit like torch::optim::AdamOptions
+  TORCH_ARG(double, lr) = 1e-3;
+  TORCH_ARG(double, alpha) = 0.1;
+  TORCH_ARG(double, beta) = 0.9;
+  TORCH_ARG(double, sigma) = 0.999;
+  TORCH_ARG(double, eps) = 1e-8;
+  // Decoupled (θ ← (1 − γλ)θ before the update), as the authors'.
+  TORCH_ARG(double, weight_decay) = 0.01;
+  TORCH_ARG(bool, maximize) = false;
+  // dtype of the phase (not of exp_avg_sq); the rules of INNAOptions::state_dtype.
+  TORCH_ARG(std::optional<at::ScalarType>, state_dtype) = std::nullopt;
+  TORCH_ARG(bool, stochastic_rounding) = true;
+  TORCH_ARG(int64_t, seed) = 0;
+
+ public:
+  // Throws c10::ValueError naming the first invalid hyper-parameter: 0 ≤ lr < beta, alpha > 0,
+  // beta > 0, 0 ≤ sigma < 1, eps ≥ 0, weight_decay ≥ 0, all finite (the Python class's rules).
+  void validate() const;
+
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  friend bool operator==(const INNApropOptions& lhs, const INNApropOptions& rhs);
+  double get_lr() const override;
+  void set_lr(const double lr) override;
+};
+
+struct INNApropParamState
+    : public torch::optim::OptimizerCloneableParamState<INNApropParamState> {
+  TORCH_ARG(torch::Tensor, phase);       // w, with ψ = (1 − αβ)θ + βw; the param's shape
+  TORCH_ARG(torch::Tensor, exp_avg_sq);  // v, float32 (float64 for float64 params)
+  TORCH_ARG(torch::Tensor, step);        // float32 0-d tensor: k, the steps this param has taken
+  // ψ read from an archive in the authors' form; INNAprop::load() converts it into `phase` and
+  // clears it. Never serialized.
+  TORCH_ARG(torch::Tensor, legacy_psi);
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  friend bool operator==(const INNApropParamState& lhs, const INNApropParamState& rhs);
+};
+
+class INNAprop : public torch::optim::Optimizer {
+ public:
+  // Every group's options are validated here; a group without options takes `defaults`.
+  explicit INNAprop(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+                    INNApropOptions defaults = {});
+  explicit INNAprop(std::vector<torch::Tensor> params, INNApropOptions defaults = {});
+
+  // As INNA::add_param_group (call it on the INNAprop, not through an Optimizer&).
+  void add_param_group(const torch::optim::OptimizerParamGroup& param_group);
+
+  // One step on every parameter that has a gradient; `closure`, if given, is evaluated first with
+  // grad mode on and its loss returned. All groups' options and all (param, grad) pairs are
+  // checked before anything is written.
+  torch::Tensor step(LossClosure closure = nullptr) override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+
+ private:
+  template <typename Self, typename Archive>
+  static void serialize(Self& self, Archive& archive) {
+    torch::optim::serialize<INNApropParamState, INNApropOptions>(archive, self);
+  }
+};
+
+// The registered op inna_fused::fused_innaprop_, typed: one in-place step on equal-length lists of
+// one device, one param dtype and one phase dtype (exp_avg_sqs float32, float64 for float64
+// params; steps 1-element float tensors). What INNAprop::step() calls per bucket.
+void fused_innaprop_(at::TensorList params, at::TensorList grads, at::TensorList phases,
+                     at::TensorList exp_avg_sqs, at::TensorList steps,
+                     const INNApropOptions& options);
 
 // SIMD level the CPU kernel was compiled for, e.g. "AVX2+FMA+F16C".
 std::string cpu_simd_level();
