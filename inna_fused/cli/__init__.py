@@ -12,7 +12,7 @@ import sys
 
 COMMANDS = {
     "info": ("inna_fused.cli.info", "versions, compiled kernels, SIMD level, threads"),
-    "bench": ("inna_fused.bench.command", "benchmark INNA against torch's fused optimizers"),
+    "bench": ("inna_fused.bench.command", "benchmark INNA and INNAprop against torch's fused optimizers"),
     "toy": ("inna_fused.experiments.toy", "the paper's non-smooth 2-D toy problem (Fig. 1)"),
     "train": ("inna_fused.experiments.train", "INNA vs SGD/Adam/Adagrad on a small CNN (Fig. 3)"),
 }
