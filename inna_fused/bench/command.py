@@ -24,8 +24,7 @@ from .workloads import DEFAULT_WORKLOADS, FLAT_LADDER, make_workload
 
 # Samples per slow provider (the per-parameter loops and the foreach paths take up to seconds per
 # step); the rest get --repeats.
-MAX_REPEATS = {**DEFAULT_MAX_REPEATS, "innaprop-loop": DEFAULT_MAX_REPEATS["reference"],
-               "innaprop-foreach": DEFAULT_MAX_REPEATS["foreach"]}
+MAX_REPEATS = DEFAULT_MAX_REPEATS
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "float64": "float64", "fp64": "float64"}

@@ -19,9 +19,9 @@ BASELINE_PROVIDERS = ("sgd", "adam", "adamw", "stream")
 PROVIDERS = INNA_PROVIDERS + INNAPROP_PROVIDERS + BASELINE_PROVIDERS
 # Run when asked for: "fused-nearest" only differs from "fused" for 16-bit params;
 # "innaprop-foreach" was up to 3x slower than the authors' loop on flat tensors here (seconds per
-# step on the largest default workloads), for a row whose kind INNA's foreach row already shows. The authors' loop is in the
-# default set: about as slow as INNA's per-param loop, capped at as few samples (see
-# command.MAX_REPEATS), it gives the fused INNAprop's speed-up over the authors' code.
+# step on the largest default workloads), for a row whose kind INNA's foreach row already shows.
+# The authors' loop is in the default set: about as slow as INNA's per-param loop, capped at as
+# few samples (timing.DEFAULT_MAX_REPEATS), it gives the fused INNAprop's speed-up over theirs.
 OPT_IN_PROVIDERS = ("fused-nearest", "innaprop-foreach")
 DEFAULT_PROVIDERS = tuple(p for p in PROVIDERS if p not in OPT_IN_PROVIDERS)
 FUSED_INNAPROP_PROVIDERS = ("innaprop", "innaprop-bf16state")

@@ -14,7 +14,7 @@ from .providers import (PROVIDER_LABELS, ProviderUnavailable, bytes_per_element,
 from .workloads import make_workload
 
 # The slow providers are capped so that the default run stays around a minute.
-DEFAULT_MAX_REPEATS = {"reference": 3, "foreach": 5}
+DEFAULT_MAX_REPEATS = {"reference": 3, "foreach": 5, "innaprop-loop": 3, "innaprop-foreach": 5}
 
 
 def time_call(fn: Callable[[], object]) -> float:
