@@ -3,22 +3,17 @@
 //
 // The launch plan (packing, block → (tensor, chunk) lookup, launch loop, step counts) is the
 // generic multi_tensor_apply.cuh; the work of each thread is INNA's functor (inna_functor.cuh);
-// both are shared with the CPU emulation that CI tests (testing/emulate.cpp). This file only
-// launches: on the current stream of the params' device, no host synchronisation anywhere (lr,
-// steps, grad_scale and found_inf are read by the kernels), so a step can be captured in a CUDA
-// graph. Includes stay light: no torch/extension.h, no ATen/cuda/CUDAContext.h.
+// both are shared with the CPU emulation that CI tests (testing/emulate.cpp). The launches are
+// the generic launch.cuh's: current stream, no host synchronisation (a step can be captured in a
+// CUDA graph). Includes stay light: no torch/extension.h, no ATen/cuda/CUDAContext.h.
 #include "inna_functor.cuh"
 
 // Host-only headers stay out of the device passes (see multi_tensor_apply.cuh); the kernels are
 // instantiated explicitly below so that those passes need none of the host code.
-#if !defined(__CUDA_ARCH__)
-#include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include "launch.cuh"  // the host side: launch_fused
 
-#include <type_traits>
+#if !defined(__CUDA_ARCH__)
+#include <torch/library.h>
 #endif
 
 namespace inna_fused {
@@ -45,36 +40,9 @@ INNA_FOR_EACH_PARAM_TYPE(INNA_INSTANTIATE_LARGE)
 #if !defined(__CUDA_ARCH__)
 namespace {
 
-using namespace mta;
-
-template <typename scalar_t, typename phase_t>
-void launch_typed(const InnaLists& lists, const InnaScalars& scalars, cudaStream_t stream) {
-  std::vector<TensorEntry<kInnaDepth>> entries;
-  std::vector<TaggedStep> late_steps;
-  collect_inna_entries(lists, entries, late_steps);
-  launch_all<bool(INNA_LARGE_METADATA)>(
-      entries, late_steps,
-      [&](const auto& meta, int64_t blocks, int block_size) {
-        using Meta = std::decay_t<decltype(meta)>;
-        multi_tensor_kernel<InnaFunctor<scalar_t, phase_t>, Meta, InnaScalars>
-            <<<static_cast<unsigned>(blocks), block_size, 0, stream>>>(meta, scalars);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      },
-      [&](const StepMeta& meta) {
-        step_increment_kernel<<<1, step_launch_threads(meta.count), 0, stream>>>(
-            meta, scalars.found_inf);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-}
-
 void cuda_kernel(const InnaLists& lists, const InnaHyper& h) {
-  const at::Device device = lists.params[0].device();
-  const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  const InnaScalars scalars = make_scalars(h, device);
-  dispatch_dtypes(lists, [&](auto p, auto s) {
-    launch_typed<typename decltype(p)::type, typename decltype(s)::type>(lists, scalars, stream);
-  });
+  mta::launch_fused<mta::InnaFunctor, mta::kInnaDepth>(lists, h, mta::make_scalars,
+                                                       mta::collect_inna_entries);
 }
 
 }  // namespace

@@ -214,29 +214,15 @@ struct InnaFunctor {
 // ---------------------------------------------------------------------------------------------
 // Host side: the op's lists and hyper-parameters as the engine's entries and INNA's arguments.
 
-// The scalar arguments. lr given as a tensor on the params' device is read in the kernel; a CPU
-// lr tensor is read here (no device synchronisation involved).
+// The scalar arguments.
 inline InnaScalars make_scalars(const InnaHyper& h, const at::Device& device) {
   InnaScalars s{};
-  s.lr = h.lr;
-  s.lr_tensor = {nullptr, kNoScalar};
-  if (h.lr_tensor) {
-    if (h.lr_tensor->device() == device) {
-      s.lr_tensor = scalar_ref(h.lr_tensor);
-    } else {
-      s.lr = h.lr_tensor->item<double>();
-    }
-  }
+  fill_common_scalars(s, h, device);
   s.alpha = h.alpha;
   s.beta = h.beta;
   s.decay_power = h.decay_power;
   s.weight_decay = h.weight_decay;
-  s.grad_scale = scalar_ref(h.grad_scale);
-  s.found_inf = scalar_ref(h.found_inf);
   s.flags = call_flags(h);
-  s.maximize = h.maximize;
-  s.seed = h.seed;
-  s.stochastic_rounding = h.stochastic_rounding;
   return s;
 }
 

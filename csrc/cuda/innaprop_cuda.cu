@@ -4,14 +4,10 @@
 // synchronisation, light includes.
 #include "innaprop_functor.cuh"
 
-#if !defined(__CUDA_ARCH__)
-#include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include "launch.cuh"
 
-#include <type_traits>
+#if !defined(__CUDA_ARCH__)
+#include <torch/library.h>
 #endif
 
 namespace inna_fused {
@@ -38,36 +34,9 @@ INNA_FOR_EACH_PARAM_TYPE(INNAPROP_INSTANTIATE_LARGE)
 #if !defined(__CUDA_ARCH__)
 namespace {
 
-using namespace mta;
-
-template <typename scalar_t, typename phase_t>
-void launch_typed(const InnaLists& lists, const InnapropScalars& scalars, cudaStream_t stream) {
-  std::vector<TensorEntry<kInnapropDepth>> entries;
-  std::vector<TaggedStep> late_steps;
-  collect_innaprop_entries(lists, entries, late_steps);
-  launch_all<bool(INNA_LARGE_METADATA)>(
-      entries, late_steps,
-      [&](const auto& meta, int64_t blocks, int block_size) {
-        using Meta = std::decay_t<decltype(meta)>;
-        multi_tensor_kernel<InnapropFunctor<scalar_t, phase_t>, Meta, InnapropScalars>
-            <<<static_cast<unsigned>(blocks), block_size, 0, stream>>>(meta, scalars);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      },
-      [&](const StepMeta& meta) {
-        step_increment_kernel<<<1, step_launch_threads(meta.count), 0, stream>>>(
-            meta, scalars.found_inf);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-}
-
 void cuda_kernel(const InnaLists& lists, const InnaHyper& h) {
-  const at::Device device = lists.params[0].device();
-  const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  const InnapropScalars scalars = make_innaprop_scalars(h, device);
-  dispatch_dtypes(lists, [&](auto p, auto s) {
-    launch_typed<typename decltype(p)::type, typename decltype(s)::type>(lists, scalars, stream);
-  });
+  mta::launch_fused<mta::InnapropFunctor, mta::kInnapropDepth>(
+      lists, h, mta::make_innaprop_scalars, mta::collect_innaprop_entries);
 }
 
 }  // namespace

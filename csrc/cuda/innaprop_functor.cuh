@@ -200,25 +200,12 @@ struct InnapropFunctor {
 #if !defined(__CUDA_ARCH__)
 inline InnapropScalars make_innaprop_scalars(const InnaHyper& h, const at::Device& device) {
   InnapropScalars s{};
-  s.lr = h.lr;
-  s.lr_tensor = {nullptr, kNoScalar};
-  if (h.lr_tensor) {
-    if (h.lr_tensor->device() == device) {
-      s.lr_tensor = scalar_ref(h.lr_tensor);
-    } else {
-      s.lr = h.lr_tensor->item<double>();
-    }
-  }
+  fill_common_scalars(s, h, device);
   s.alpha = h.alpha;
   s.beta = h.beta;
   s.sigma = h.sigma;
   s.eps = h.eps;
   s.weight_decay = h.weight_decay;
-  s.grad_scale = scalar_ref(h.grad_scale);
-  s.found_inf = scalar_ref(h.found_inf);
-  s.seed = h.seed;
-  s.maximize = h.maximize;
-  s.stochastic_rounding = h.stochastic_rounding;
   return s;
 }
 

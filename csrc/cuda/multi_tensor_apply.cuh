@@ -331,6 +331,28 @@ inline ScalarRef scalar_ref(const std::optional<at::Tensor>& t) {
   return {t->const_data_ptr(), scalar_kind(t->scalar_type())};
 }
 
+// The scalar arguments every optimizer's functor takes, from its op's hyper-parameters (`Hyper`:
+// lr, lr_tensor, grad_scale, found_inf, seed, maximize, stochastic_rounding). lr given as a tensor
+// on the params' device is read in the kernel; a CPU lr tensor is read here (no device
+// synchronisation involved).
+template <typename Scalars, typename Hyper>
+void fill_common_scalars(Scalars& s, const Hyper& h, const at::Device& device) {
+  s.lr = h.lr;
+  s.lr_tensor = {nullptr, kNoScalar};
+  if (h.lr_tensor) {
+    if (h.lr_tensor->device() == device) {
+      s.lr_tensor = scalar_ref(h.lr_tensor);
+    } else {
+      s.lr = h.lr_tensor->template item<double>();
+    }
+  }
+  s.grad_scale = scalar_ref(h.grad_scale);
+  s.found_inf = scalar_ref(h.found_inf);
+  s.seed = h.seed;
+  s.maximize = h.maximize;
+  s.stochastic_rounding = h.stochastic_rounding;
+}
+
 inline TaggedStep tag_step(const at::Tensor& step) {
   const auto address = reinterpret_cast<uintptr_t>(step.data_ptr());
   return step.scalar_type() == at::kDouble ? (address | 1) : address;
