@@ -397,6 +397,18 @@ def test_innaprop_ratios():
     table = report.format_table([dict(row, label=row["provider"]) for row in rows])
     assert "x vs AdamW" in table and "x vs authors" in table and "x vs prop-foreach" in table
     assert "x vs ref" not in table  # INNA's per-param loop did not run
+    checks = {c["name"]: c for c in report.check_targets(rows)}
+    assert checks["innaprop_vs_adamw"]["value"] == pytest.approx(0.75)
+    assert checks["innaprop_vs_adamw"]["meets_accepted"] is True
+    assert checks["innaprop_vs_adamw_resnet50"]["value"] == pytest.approx(1.25)
+    assert checks["innaprop_vs_adamw_resnet50"]["meets_accepted"] is False
+    assert "innaprop_vs_adamw_gpt2" not in checks  # no GPT-2 rows
+    assert "innaprop_speedup_vs_authors" not in checks  # no authors' loop on the ResNet-50 list
+    rows.append(_row("innaprop-loop", "resnet50", r, 9.0, "list"))
+    report.add_ratios(rows)
+    checks = {c["name"]: c for c in report.check_targets(rows)}
+    assert checks["innaprop_speedup_vs_authors"]["value"] == pytest.approx(9.0)
+    assert checks["innaprop_speedup_vs_authors"]["meets_accepted"] is False
 
 
 # ----------------------------------------------------------------------------------------------

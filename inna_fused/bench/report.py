@@ -43,6 +43,15 @@ TARGETS = (
      "B/element), largest flat >= 2^24", 0.85, 0.85, "<="),
     ("fused_vs_sgd_bf16", "fused / SGD(m=0.9, fused) time, largest flat bf16 >= 2^24",
      1.00, 1.00, "<="),
+    # INNAprop (its issue's acceptance criteria): AdamW(fused) moves as many bytes (28 B/element).
+    ("innaprop_vs_adamw", "INNAprop fused / AdamW(fused) time, largest flat fp32 >= 2^24",
+     1.00, 1.00, "<="),
+    ("innaprop_vs_adamw_resnet50", "INNAprop fused / AdamW(fused) time, ResNet-50 list",
+     1.00, 1.00, "<="),
+    ("innaprop_vs_adamw_gpt2", "INNAprop fused / AdamW(fused) time, GPT-2 small list",
+     1.00, 1.00, "<="),
+    ("innaprop_speedup_vs_authors", "INNAprop fused speed-up over the authors' loop (ResNet-50 "
+     "list)", 10.0, 10.0, ">="),
 )
 
 
@@ -107,6 +116,20 @@ def check_targets(rows: list[dict]) -> list[dict]:
         if other:
             values["fused_vs_sgd_bf16"] = (largest["median_s"] / other["median_s"],
                                            largest["workload"])
+    largest = _largest_flat(rows, "innaprop", "float32")
+    if largest:
+        other = _find(rows, "adamw", largest["workload"])
+        if other:
+            values["innaprop_vs_adamw"] = (largest["median_s"] / other["median_s"],
+                                           largest["workload"])
+    for key, workload in (("innaprop_vs_adamw_resnet50", "resnet50"),
+                          ("innaprop_vs_adamw_gpt2", "gpt2-small")):
+        prop, other = _find(rows, "innaprop", workload), _find(rows, "adamw", workload)
+        if prop and other:
+            values[key] = (prop["median_s"] / other["median_s"], workload)
+    prop = _find(rows, "innaprop", "resnet50")
+    if prop and prop["speedup"].get("innaprop-loop"):
+        values["innaprop_speedup_vs_authors"] = (prop["speedup"]["innaprop-loop"], "resnet50")
     listed, flat = _find(rows, "fused", "resnet50"), _find(rows, "fused", "resnet50-flat")
     if listed and flat:
         values["list_vs_flat"] = (listed["median_s"] / flat["median_s"], "resnet50")
