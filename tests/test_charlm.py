@@ -119,7 +119,9 @@ def test_same_seed_same_initialisation():
 def test_each_optimizer_fits_a_repeated_batch(name, dtype):
     args = _args("--dtype", dtype)
     model = charlm.build_model(args, 0)
-    optimizer = charlm.make_optimizer(name, model, charlm.DEFAULT_LRS[name], args)
+    # Constant lrs a notch above the defaults (tuned for 400 scheduled steps): 30 steps here.
+    lr = {"innaprop": 1e-2, "adamw": 1e-2, "inna": 0.1}[name]
+    optimizer = charlm.make_optimizer(name, model, lr, args)
     generator = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 256, (4, 17), generator=generator)
     x, y = idx[:, :-1], idx[:, 1:]
