@@ -15,6 +15,7 @@ COMMANDS = {
     "bench": ("inna_fused.bench.command", "benchmark INNA and INNAprop against torch's fused optimizers"),
     "toy": ("inna_fused.experiments.toy", "the paper's non-smooth 2-D toy problem (Fig. 1)"),
     "train": ("inna_fused.experiments.train", "INNA vs SGD/Adam/Adagrad on a small CNN (Fig. 3)"),
+    "charlm": ("inna_fused.experiments.charlm", "INNAprop vs AdamW vs INNA on a byte-level GPT"),
 }
 
 
