@@ -274,6 +274,15 @@ def bench_innaprop_list(shapes, device, timer, args):
             del graph
         del opt
         free()
+    if not args.no_authors_loop:
+        # The authors' per-parameter loop (their step literally; eager only: it reads its step
+        # counts on the host).
+        from inna_fused.bench.providers import AuthorsINNAprop
+
+        opt = AuthorsINNAprop(params, lr=1e-4, **INNAPROP_HYPER)
+        out["authors_ms"] = timer(opt.step)
+        del opt
+        free()
     del params
     free()
     return out
@@ -378,7 +387,7 @@ def summarise(results):
     op_alone_rows("op alone", results.get("state_dtypes", {}))
     prop = results.get("innaprop")
     if prop:
-        # No INNAprop target in bench/NOTES.md yet: the ratios are shown for information.
+        # INNAprop's targets (bench/NOTES.md): <= 1.0x AdamW(fused)'s time, >= 10x the authors' loop.
         bpe = prop["bytes_per_element"]
         for name, what in (("innaprop", "fused INNAprop step"), ("adamw", "AdamW(fused=True) step")):
             rows.append((f"{what} ({bpe} B/elem), eager",
@@ -391,7 +400,12 @@ def summarise(results):
                              f"{100 * prop[name + '_graph_GBps'] / bw['copy_GBps']:.1f}% of copy",
                              "", ""))
         ratio_row("fused INNAprop time / AdamW(fused) time, eager",
-                  prop["innaprop_ms"] / prop["adamw_ms"])
+                  prop["innaprop_ms"] / prop["adamw_ms"], 1.0, higher_is_better=False)
+        if "authors_ms" in prop:
+            rows.append(("INNAprop authors' per-parameter loop, eager",
+                         f"{prop['authors_ms']:.2f} ms", "", ""))
+            ratio_row("authors' loop time / fused INNAprop time, eager",
+                      prop["authors_ms"] / prop["innaprop_ms"], 10.0)
         if "innaprop_graph_ms" in prop and "adamw_graph_ms" in prop:
             ratio_row("fused INNAprop time / AdamW(fused) time, CUDA graph",
                       prop["innaprop_graph_ms"] / prop["adamw_graph_ms"])
@@ -436,6 +450,8 @@ def parse_args(argv=None):
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 param lists")
     p.add_argument("--no-innaprop", action="store_true",
                    help="skip INNAprop (vs AdamW(fused) and its op alone)")
+    p.add_argument("--no-authors-loop", action="store_true",
+                   help="skip the authors' per-parameter INNAprop loop")
     p.add_argument("--md", type=Path, help="write the markdown table here")
     p.add_argument("--json", type=Path, help="write all measurements here")
     return p.parse_args(argv)

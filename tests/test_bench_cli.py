@@ -557,6 +557,7 @@ def test_gpu_bench_cpu_smoke_run(tmp_path, capsys, monkeypatch):
     assert "fused INNAprop step (28 B/elem), eager" in table
     assert "AdamW(fused=True) step (28 B/elem), eager" in table
     assert "fused INNAprop time / AdamW(fused) time, eager" in table
+    assert "authors' loop time / fused INNAprop time, eager" in table
     for name, (_, _, bpe) in gpu_bench.INNAPROP_STATE_DTYPE_PAIRS.items():
         assert f"INNAprop op alone, {name} ({bpe} B/elem, SR on), eager" in table
     results = json.loads(out.read_text())
@@ -565,6 +566,7 @@ def test_gpu_bench_cpu_smoke_run(tmp_path, capsys, monkeypatch):
     assert prop["innaprop_GBps"] == pytest.approx(
         28 * prop["elements"] / prop["innaprop_ms"] / 1e6)
     assert "graph_ms" not in results["innaprop_state_dtypes"]["fp32 θ,g + fp32 phase"]  # no GPU
+    assert prop["authors_ms"] > 0
     capsys.readouterr()
     assert gpu_bench.main(["--device", "cpu", "--layers", "1", "--d-model", "16", "--vocab", "32",
                            "--ctx", "8", "--small-count", "10", "--small-numel", "10", "--reps",
