@@ -5,7 +5,8 @@
 #     bash bench/gpu_check.sh            # results under $OUT (default ./out/gpu_check)
 #
 # 1. builds the extension in place for the local GPU (TORCH_CUDA_ARCH_LIST, default 9.0);
-# 2. runs every CUDA test (tests/test_cuda.py) and the emulated-CUDA tests;
+# 2. runs every CUDA test (tests/test_cuda.py, INNAprop's in tests/test_innaprop_op.py) and the
+#    emulated-CUDA tests;
 # 3. runs bench/gpu_bench.py (copy bandwidth, fused INNA vs Adam(fused) vs foreach on a
 #    GPT-2-XL-shaped list, the op alone for each param x phase dtype pair: fp32/fp32 20 B/element,
 #    fp32 + bf16 phase 16 B, bf16 + fp32 phase 14 B, bf16 + bf16 phase 10 B; fused INNAprop vs
@@ -72,7 +73,7 @@ grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20 >> "$SUMM
 note "build_info: $($PY -c 'import inna_fused; print(inna_fused.build_info())' 2>&1 | tail -1)"
 
 run "CUDA tests" 200 "$OUT/tests_cuda.log" \
-    $PY -m pytest tests/test_cuda.py tests/test_cuda_emulated.py -q -rs -p no:cacheprovider || status=1
+    $PY -m pytest tests/test_cuda.py tests/test_cuda_emulated.py tests/test_innaprop_op.py -q -rs -p no:cacheprovider || status=1
 grep -E "passed|failed|error" "$OUT/tests_cuda.log" | tail -1 >> "$SUMMARY"
 
 run "GPU benchmark" 200 "$OUT/gpu_bench.log" \
@@ -81,7 +82,7 @@ run "GPU benchmark" 200 "$OUT/gpu_bench.log" \
 
 run "rest of the test suite" 150 "$OUT/tests_rest.log" \
     $PY -m pytest tests -q -x -p no:cacheprovider --ignore=tests/test_cuda.py \
-        --ignore=tests/test_cuda_emulated.py
+        --ignore=tests/test_cuda_emulated.py --ignore=tests/test_innaprop_op.py
 grep -E "passed|failed|error" "$OUT/tests_rest.log" | tail -1 >> "$SUMMARY"
 
 if $PY -c "import inna_fused.bench.command" > /dev/null 2>&1; then
