@@ -1,5 +1,5 @@
-"""torch.distributed: DDP, ZeroRedundancyOptimizer and FSDP2 (fully_shard) with INNA, 2 processes
-on the gloo backend (CPU, 127.0.0.1 only).
+"""torch.distributed: DDP, ZeroRedundancyOptimizer and FSDP2 (fully_shard) with INNA, DDP and FSDP2
+with INNAprop, 2 processes on the gloo backend (CPU, 127.0.0.1 only).
 
 Each strategy trains the same model on the same global batch (each rank takes half of it) and
 must reach the params of single-process training on the whole batch. Starting processes costs
@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from inna_fused import INNA, kernel_available
+from inna_fused import INNA, INNAprop, kernel_available
+from inna_fused.innaprop_functional import fused_available as innaprop_fused_available
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 WORLD_SIZE = 2
 STEPS = 3
 HYPER = dict(lr=0.05, alpha=0.5, beta=0.1, decaypower=0.5, weight_decay=0.01)
-STRATEGIES = ["ddp", "zero", "fsdp2"]
+PROP_HYPER = dict(lr=0.01, alpha=0.1, beta=0.9, sigma=0.99, eps=1e-8, weight_decay=0.01)
+STRATEGIES = ["ddp", "zero", "fsdp2", "ddp_innaprop", "fsdp2_innaprop"]
 TIMEOUT_S = 120
 
 
@@ -58,10 +60,18 @@ def optimizer_kwargs():
     return dict(HYPER, fused=True if kernel_available("cpu") else None)
 
 
-def run_ddp(rank):
+def innaprop_kwargs():
+    return dict(PROP_HYPER, fused=True if innaprop_fused_available("cpu") else None)
+
+
+def make_optimizer(cls, params):
+    return cls(params, **(optimizer_kwargs() if cls is INNA else innaprop_kwargs()))
+
+
+def run_ddp(rank, cls=INNA):
     from torch.nn.parallel import DistributedDataParallel
     model = DistributedDataParallel(make_model())
-    opt = INNA(model.parameters(), **optimizer_kwargs())
+    opt = make_optimizer(cls, model.parameters())
     train(model, opt, *local_batch(rank))
     return dict(params=[p.detach().clone() for p in model.module.parameters()])
 
@@ -76,23 +86,26 @@ def run_zero(rank):
                 local_states=len(opt.optim.state))
 
 
-def run_fsdp2(rank):
+def run_fsdp2(rank, cls=INNA):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
     model = make_model()
     fully_shard(model[0])
     fully_shard(model)
-    opt = INNA(model.parameters(), **optimizer_kwargs())
+    opt = make_optimizer(cls, model.parameters())
     train(model, opt, *local_batch(rank))
-    phases = [opt.state[p]["phase"] for p in model.parameters()]
+    states = [opt.state[p][key] for p in model.parameters()
+              for key in ("phase", "exp_avg_sq") if key in opt.state[p]]
     return dict(params=[p.full_tensor().detach() for p in model.parameters()],
                 params_are_dtensors=all(isinstance(p, DTensor) for p in model.parameters()),
-                phases_are_dtensors=all(isinstance(phase, DTensor) for phase in phases),
-                full_phases=[phase.full_tensor() for phase in phases],
+                phases_are_dtensors=all(isinstance(t, DTensor) for t in states),
+                full_states=[t.full_tensor() for t in states],
                 local_numel=sum(p.to_local().numel() for p in model.parameters()))
 
 
-RUNNERS = {"ddp": run_ddp, "zero": run_zero, "fsdp2": run_fsdp2}
+RUNNERS = {"ddp": run_ddp, "zero": run_zero, "fsdp2": run_fsdp2,
+           "ddp_innaprop": lambda rank: run_ddp(rank, INNAprop),
+           "fsdp2_innaprop": lambda rank: run_fsdp2(rank, INNAprop)}
 
 
 def worker(rank, port, out_dir):
@@ -136,16 +149,27 @@ def results(tmp_path_factory):
             for r in range(WORLD_SIZE)]
 
 
-@pytest.fixture(scope="module")
-def single_process():
+def train_single_process(cls):
     model = make_model()
-    opt = INNA(model.parameters(), **optimizer_kwargs())
+    opt = make_optimizer(cls, model.parameters())
     train(model, opt, *global_batch())
     return model, opt
 
 
+@pytest.fixture(scope="module")
+def single_process():
+    return train_single_process(INNA)
+
+
+@pytest.fixture(scope="module")
+def single_process_innaprop():
+    return train_single_process(INNAprop)
+
+
 def check_strategy(results, single_process, name):
     model, _ = single_process
+    initial = make_model()
+    assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), initial.parameters()))
     for rank, by_strategy in enumerate(results):
         outcome = by_strategy[name]
         assert "error" not in outcome, f"rank {rank}:\n{outcome.get('error')}"
@@ -167,12 +191,28 @@ def test_zero_redundancy_optimizer_matches_single_process(results, single_proces
     assert all(0 < o["local_states"] < n_params for o in outcomes)
 
 
-def test_fsdp2_updates_local_shards_and_matches_single_process(results, single_process):
-    outcomes = check_strategy(results, single_process, "fsdp2")
+def check_fsdp2(results, single_process, name):
+    outcomes = check_strategy(results, single_process, name)
     model, opt = single_process
     assert all(o["params_are_dtensors"] and o["phases_are_dtensors"] for o in outcomes)
     # The shards partition the params: each rank updated only its part.
     assert sum(o["local_numel"] for o in outcomes) == sum(p.numel() for p in model.parameters())
-    for i, (got, p) in enumerate(zip(outcomes[0]["full_phases"], model.parameters())):
-        torch.testing.assert_close(got, opt.state[p]["phase"], rtol=1e-10, atol=1e-12,
-                                   msg=lambda m: f"fsdp2 phase {i}: {m}")
+    want = [opt.state[p][key] for p in model.parameters()
+            for key in ("phase", "exp_avg_sq") if key in opt.state[p]]
+    assert len(outcomes[0]["full_states"]) == len(want)
+    for i, (got, state) in enumerate(zip(outcomes[0]["full_states"], want)):
+        torch.testing.assert_close(got, state, rtol=1e-10, atol=1e-12,
+                                   msg=lambda m: f"{name} state {i}: {m}")
+
+
+def test_fsdp2_updates_local_shards_and_matches_single_process(results, single_process):
+    check_fsdp2(results, single_process, "fsdp2")
+
+
+def test_innaprop_ddp_matches_single_process(results, single_process_innaprop):
+    check_strategy(results, single_process_innaprop, "ddp_innaprop")
+
+
+def test_innaprop_fsdp2_updates_local_shards_and_matches_single_process(
+        results, single_process_innaprop):
+    check_fsdp2(results, single_process_innaprop, "fsdp2_innaprop")
