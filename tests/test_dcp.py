@@ -1,13 +1,15 @@
-"""FSDP2 + torch.distributed.checkpoint (DCP) with INNA, 2 processes on gloo (CPU, 127.0.0.1).
+"""FSDP2 + torch.distributed.checkpoint (DCP) with INNA and INNAprop, 2 processes on gloo (CPU,
+127.0.0.1).
 
 Each rank trains a fully_shard model for STEPS_BEFORE steps, saves the sharded model and
 optimizer state (get_model_state_dict / get_optimizer_state_dict + dcp.save), builds a new
 model and optimizer as a restarted job would, loads them back (dcp.load +
 set_model_state_dict / set_optimizer_state_dict) and trains STEPS_AFTER more steps. The result
 must equal, bit for bit, an uninterrupted run of STEPS_BEFORE + STEPS_AFTER steps: params,
-phases and step counts. Two configurations: float64 params with the default float64 phase, and
-float32 params with a stochastically rounded bfloat16 phase (its rounding depends on the step,
-so a step count restored wrongly shows up as different bits).
+phases (and INNAprop's exp_avg_sq) and step counts. Configurations: INNA with float64 params and
+the default float64 phase; INNA and INNAprop with float32 params and a stochastically rounded
+bfloat16 phase (its rounding depends on the step, so a step count restored wrongly shows up as
+different bits).
 
 Then one plain process loads the 2-rank checkpoint (DCP reshards it) and must continue like the
 2-rank run. The model, data and helpers are those of tests/test_distributed.py.
@@ -22,29 +24,32 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from inna_fused import INNA
-from test_distributed import (TIMEOUT_S, WORLD_SIZE, free_local_port, global_batch, local_batch,
-                              make_model, optimizer_kwargs)
+from inna_fused import INNA, INNAprop
+from test_distributed import (TIMEOUT_S, WORLD_SIZE, free_local_port, global_batch,
+                              innaprop_kwargs, local_batch, make_model, optimizer_kwargs)
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
 
 STEPS_BEFORE, STEPS_AFTER = 3, 3
-CONFIGS = {
-    "float64": (torch.float64, {}),
-    "bf16_state": (torch.float32, dict(state_dtype=torch.bfloat16, stochastic_rounding=True,
-                                       seed=7)),
+BF16_STATE = dict(state_dtype=torch.bfloat16, stochastic_rounding=True, seed=7)
+CONFIGS = {  # name: (param dtype, optimizer, extra arguments)
+    "float64": (torch.float64, INNA, {}),
+    "bf16_state": (torch.float32, INNA, BF16_STATE),
+    "innaprop_bf16_state": (torch.float32, INNAprop, BF16_STATE),
 }
 
 
 def build(config):
     from torch.distributed.fsdp import fully_shard
-    dtype, extra = CONFIGS[config]
+    dtype, cls, extra = CONFIGS[config]
     model = make_model().to(dtype)
     fully_shard(model[0])
     fully_shard(model)
-    # decaypower > 0 makes the step size depend on the restored step count, too.
-    opt = INNA(model.parameters(), **dict(optimizer_kwargs(), **extra))
+    # INNA's decaypower > 0 and INNAprop's bias correction make the step depend on the restored
+    # step count, too.
+    kwargs = optimizer_kwargs() if cls is INNA else innaprop_kwargs()
+    opt = cls(model.parameters(), **dict(kwargs, **extra))
     return model, opt
 
 
@@ -61,6 +66,8 @@ def snapshot(model, opt):
     params = list(model.parameters())
     return dict(params=[p.full_tensor().detach().clone() for p in params],
                 phases=[opt.state[p]["phase"].full_tensor().clone() for p in params],
+                exp_avg_sqs=[opt.state[p]["exp_avg_sq"].full_tensor().clone() for p in params
+                             if "exp_avg_sq" in opt.state[p]],
                 steps=[float(opt.state[p]["step"]) for p in params],
                 phase_dtypes=[opt.state[p]["phase"].dtype for p in params])
 
@@ -147,13 +154,15 @@ def test_dcp_resume_is_bitwise_uninterrupted(results, config):
         straight, resumed = out["straight"], out["resumed"]
         assert resumed["steps"] == straight["steps"] == [float(STEPS_BEFORE + STEPS_AFTER)] * 4
         assert resumed["phase_dtypes"] == straight["phase_dtypes"]
-        for what in ("params", "phases"):
+        assert len(resumed["exp_avg_sqs"]) == (4 if CONFIGS[config][1] is INNAprop else 0)
+        for what in ("params", "phases", "exp_avg_sqs"):
+            assert len(resumed[what]) == len(straight[what])
             for i, (got, want) in enumerate(zip(resumed[what], straight[what])):
                 assert got.dtype == want.dtype
                 assert torch.equal(got, want), (
                     f"{config}, rank {rank}, {what} {i}: max abs diff "
                     f"{(got.double() - want.double()).abs().max().item():.3e}")
-    expected_phase = torch.bfloat16 if config == "bf16_state" else torch.float64
+    expected_phase = torch.float64 if config == "float64" else torch.bfloat16
     assert results[0][config]["straight"]["phase_dtypes"] == [expected_phase] * 4
 
 
