@@ -11,7 +11,9 @@ with γ_k = lr / (k + 1)^decay_power, k the number of steps this parameter has t
 runs in ψ's dtype (float32 for 16-bit params, the param's dtype otherwise).
 
 It imports nothing from the package: the rules the implementations share live in
-`inna_fused._contract`, and the oracle states its own.
+`inna_fused._contract`, and the oracle states its own. `AuthorsINNAprop` runs the authors'
+INNAprop step over param groups as their class does (the tests' oracle optimizer and the
+benchmarks' "authors' loop").
 """
 from __future__ import annotations
 
@@ -98,3 +100,36 @@ def innaprop_reference_(
     psi.mul_(1 - lr / beta).add_(p, alpha=lr * (1 / beta - alpha))
     p.mul_(1 + lr * (1 - alpha * beta) / (beta - lr)).add_(psi, alpha=-lr / (beta - lr))
     p.addcdiv_(g, denom, value=-lr * beta)
+
+
+class AuthorsINNAprop(torch.optim.Optimizer):
+    """The authors' INNAprop class as far as its step and state go: for each param with a grad,
+    state (int ``step``, ``psi`` and ``exp_avg_sq`` in the param's dtype) created on its first
+    step, then their step literally (`innaprop_reference_`, which initialises ψ at t = 1): one
+    tensor at a time, with their in-place ops and temporaries."""
+
+    def __init__(self, params, lr=1e-3, alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8,
+                 weight_decay=0.01):
+        super().__init__(params, dict(lr=lr, alpha=alpha, beta=beta, sigma=sigma, eps=eps,
+                                      weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            hyper = {k: group[k] for k in ("lr", "alpha", "beta", "sigma", "eps", "weight_decay")}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["psi"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                innaprop_reference_(p, state["psi"], state["exp_avg_sq"], p.grad, state["step"],
+                                    **hyper)
+        return loss

@@ -9,8 +9,7 @@ import inna_fused
 from inna_fused import INNAprop
 from inna_fused.innaprop_functional import innaprop
 from inna_fused import _ops
-from inna_fused._contract import default_phase_dtype
-from inna_fused.reference import innaprop_reference_
+from inna_fused.reference import AuthorsINNAprop, innaprop_reference_
 
 DEFAULTS = dict(lr=1e-3, alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8, weight_decay=0.01)
 CONFIGS = {
@@ -23,32 +22,6 @@ IMPLS = {"foreach": dict(fused=False, foreach=True), "loop": dict(fused=False, f
 op_present = _ops.op_available(_ops.INNAPROP_OP_NAME)
 requires_op = pytest.mark.skipif(not op_present or not _ops.op_kernel_available(
     _ops.INNAPROP_OP_NAME, "cpu"), reason="fused_innaprop_ not built yet (lands with i14-cpp)")
-
-
-class AuthorsINNAprop(torch.optim.Optimizer):
-    """The authors' class as far as its state goes (psi, exp_avg_sq, int step), stepping with the
-    literal oracle."""
-
-    def __init__(self, params, lr=1e-3, alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8,
-                 weight_decay=0.01):
-        super().__init__(params, dict(lr=lr, alpha=alpha, beta=beta, sigma=sigma, eps=eps,
-                                      weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            hyper = {k: group[k] for k in ("lr", "alpha", "beta", "sigma", "eps", "weight_decay")}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["psi"] = torch.empty_like(p)  # the oracle sets (1 − αβ)θ at t = 1
-                state["step"] += 1
-                innaprop_reference_(p, state["psi"], state["exp_avg_sq"], p.grad, state["step"],
-                                    **hyper)
 
 
 def grad_at(k, shapes, dtype=torch.float64):

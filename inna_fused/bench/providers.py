@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..reference import AuthorsINNAprop
 from .workloads import Shape, Workload
 
 INNA_PROVIDERS = ("reference", "foreach", "fused", "fused-bf16state", "fused-nearest")
@@ -111,36 +112,6 @@ class Runner:
 LR = 1e-3  # small, so that parameters stay in a normal range over hundreds of timed steps
 # INNAprop's hyperparameters: the defaults of inna_fused.INNAprop (the authors' defaults).
 INNAPROP_HYPER = dict(alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8, weight_decay=0.01)
-
-
-class AuthorsINNAprop(torch.optim.Optimizer):
-    """The authors' INNAprop class, as far as its step goes: for each param with a grad, state
-    (int step, ψ, exp_avg_sq in the param's dtype) created on its first step, then their step
-    literally (inna_fused.reference.innaprop_reference_, which initialises ψ at t = 1)."""
-
-    def __init__(self, params, lr=LR, alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8,
-                 weight_decay=0.01):
-        super().__init__(params, dict(lr=lr, alpha=alpha, beta=beta, sigma=sigma, eps=eps,
-                                      weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        from ..reference import innaprop_reference_
-
-        for group in self.param_groups:
-            hyper = {k: group[k] for k in ("lr", "alpha", "beta", "sigma", "eps", "weight_decay")}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["psi"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                innaprop_reference_(p, state["psi"], state["exp_avg_sq"], p.grad, state["step"],
-                                    **hyper)
-        return None
 
 
 def _random_params(shapes: Sequence[Shape], device, dtype, generator) -> list[torch.nn.Parameter]:
