@@ -51,134 +51,63 @@ def train(model, step_fn_of, lrs, optimizer=INNA, **opt_kwargs):
 
 
 HYPER = dict(alpha=0.6, beta=0.2, decaypower=0.5, weight_decay=0.01)
+PROP_HYPER = dict(alpha=0.5, beta=0.9, sigma=0.99, eps=1e-8, weight_decay=0.01)
 LRS = [0.05, 0.04, 0.03, 0.02]
 
+requires_innaprop_kernel = pytest.mark.skipif(
+    not _ops.op_kernel_available(_ops.INNAPROP_OP_NAME, "cpu"),
+    reason="the CPU kernel of inna_fused::fused_innaprop_ is not built")
+# (optimizer, its hyper-parameters) for the tests that run both.
+BOTH = [pytest.param(INNA, HYPER, id="INNA"),
+        pytest.param(INNAprop, PROP_HYPER, id="INNAprop", marks=requires_innaprop_kernel)]
 
-@pytest.mark.parametrize("psi_init", ["paper", "zero"])
-def test_fullgraph_step_matches_eager_and_compiles_once(psi_init):
+
+def assert_same_state(eager_model, eager_opt, compiled_model, compiled_opt, steps):
+    """Params and every state tensor (phase; INNAprop's exp_avg_sq) bitwise equal, and every
+    param's step count equal to `steps`."""
+    for p_eager, p_compiled in zip(eager_model.parameters(), compiled_model.parameters()):
+        assert torch.equal(p_eager, p_compiled)
+        eager_state, compiled_state = eager_opt.state[p_eager], compiled_opt.state[p_compiled]
+        assert eager_state.keys() == compiled_state.keys()
+        for key in eager_state.keys() - {"step"}:
+            assert torch.equal(eager_state[key], compiled_state[key]), key
+        assert float(compiled_state["step"]) == steps
+
+
+@pytest.mark.parametrize("optimizer, options", [
+    pytest.param(INNA, dict(HYPER, psi_init="paper"), id="INNA-paper"),
+    pytest.param(INNA, dict(HYPER, psi_init="zero"), id="INNA-zero"),
+    pytest.param(INNAprop, PROP_HYPER, id="INNAprop-fp32-state",
+                 marks=requires_innaprop_kernel),
+    pytest.param(INNAprop, dict(PROP_HYPER, state_dtype=torch.bfloat16),
+                 id="INNAprop-bf16-state", marks=requires_innaprop_kernel)])
+def test_fullgraph_step_matches_eager_and_compiles_once(optimizer, options):
     eager_model, compiled_model = make_model(), make_model()
-    train(eager_model, lambda opt: opt.step, LRS, psi_init=psi_init, **HYPER)
+    eager_opt = train(eager_model, lambda opt: opt.step, LRS, optimizer=optimizer, **options)
     counter = CompileCounterWithBackend("aot_eager")
     opt = train(compiled_model,
                 lambda opt: torch.compile(opt.step, fullgraph=True, backend=counter),
-                LRS, psi_init=psi_init, **HYPER)
+                LRS, optimizer=optimizer, **options)
     # One graph for every step: neither the lr value (a tensor changed in place), nor the step
-    # count (a tensor read by the kernel), nor ψ's first-step initialisation recompiles.
+    # count (a tensor read by the kernel: γ_k, INNAprop's bias correction 1 − σ^t), nor the
+    # first step's state initialisation recompiles.
     assert counter.frame_count == 1
-    for p_eager, p_compiled in zip(eager_model.parameters(), compiled_model.parameters()):
-        assert torch.equal(p_eager, p_compiled)
-    assert all(float(opt.state[p]["step"]) == len(LRS) for p in compiled_model.parameters())
+    assert_same_state(eager_model, eager_opt, compiled_model, opt, len(LRS))
 
 
 # The scheduler wraps opt.step in a function dynamo refuses to trace, so the step is compiled
 # before the scheduler exists; the scheduler's call-order heuristic then warns (harmless).
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
-def test_compiled_step_with_lr_scheduler_does_not_recompile():
+@pytest.mark.parametrize("optimizer, hyper", BOTH)
+def test_compiled_step_with_lr_scheduler_does_not_recompile(optimizer, hyper):
     """A scheduler writes a tensor lr in place (torch.optim.lr_scheduler does fill_ for tensors)."""
     def run(compile_step):
         model = make_model()
-        opt = INNA(model.parameters(), lr=torch.tensor(0.05), fused=True, **HYPER)
+        opt = optimizer(model.parameters(), lr=torch.tensor(0.05), fused=True, **hyper)
         counter = CompileCounterWithBackend("eager")
         # Compiled before the scheduler wraps opt.step (dynamo does not trace that wrapper).
         step = opt.step
         if compile_step:
-            step = torch.compile(opt.step, fullgraph=True, backend=counter)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.8 ** k)
-        x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
-        for _ in range(4):
-            opt.zero_grad()
-            loss_of(model, x).backward()
-            step()
-            sched.step()
-        return model, counter.frame_count
-
-    (eager_model, _), (compiled_model, frames) = run(False), run(True)
-    assert frames == 1
-    for p_eager, p_compiled in zip(eager_model.parameters(), compiled_model.parameters()):
-        assert torch.equal(p_eager, p_compiled)
-
-
-def test_inductor_compiled_step_matches_eager():
-    eager_model, compiled_model = make_model(), make_model()
-    train(eager_model, lambda opt: opt.step, LRS[:3], **HYPER)
-    train(compiled_model, lambda opt: torch.compile(opt.step, fullgraph=True), LRS[:3], **HYPER)
-    for p_eager, p_compiled in zip(eager_model.parameters(), compiled_model.parameters()):
-        torch.testing.assert_close(p_compiled, p_eager, rtol=0, atol=0)
-
-
-def test_compiled_step_driven_by_grad_scaler():
-    """GradScaler hands grad_scale/found_inf to a compiled step: one graph, and the step with an
-    inf gradient is skipped inside it exactly as in eager mode."""
-    def run(compile_step):
-        model = make_model()
-        opt = INNA(model.parameters(), lr=torch.tensor(0.05), fused=True, **HYPER)
-        counter = CompileCounterWithBackend("aot_eager")
-        if compile_step:
-            opt.step = torch.compile(opt.step, fullgraph=True, backend=counter)
-        scaler = torch.amp.GradScaler("cpu", init_scale=1000.0)
-        x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
-        for k in range(4):
-            opt.zero_grad()
-            scaler.scale(loss_of(model, x)).backward()
-            if k == 2:
-                model[0].weight.grad[0, 0] = float("inf")
-            scaler.step(opt)
-            scaler.update()
-        return model, opt, counter.frame_count, scaler.get_scale()
-
-    eager_model, eager_opt, _, eager_scale = run(False)
-    compiled_model, compiled_opt, frames, compiled_scale = run(True)
-    assert frames == 1
-    assert compiled_scale == eager_scale == 500.0  # lowered once, by the inf step
-    for p_eager, p_compiled in zip(eager_model.parameters(), compiled_model.parameters()):
-        assert torch.equal(p_eager, p_compiled)
-        assert float(compiled_opt.state[p_compiled]["step"]) == 3  # the inf step did not count
-
-
-# ---------------------------------------------------------------------------------------------
-# INNAprop: the same checks on inna_fused::fused_innaprop_
-
-requires_innaprop_kernel = pytest.mark.skipif(
-    not _ops.op_kernel_available(_ops.INNAPROP_OP_NAME, "cpu"),
-    reason="the CPU kernel of inna_fused::fused_innaprop_ is not built")
-
-PROP_HYPER = dict(alpha=0.5, beta=0.9, sigma=0.99, eps=1e-8, weight_decay=0.01)
-
-
-def assert_same_innaprop_state(eager_model, eager_opt, compiled_model, compiled_opt, steps):
-    for p_eager, p_compiled in zip(eager_model.parameters(), compiled_model.parameters()):
-        assert torch.equal(p_eager, p_compiled)
-        for key in ("phase", "exp_avg_sq"):
-            assert torch.equal(eager_opt.state[p_eager][key], compiled_opt.state[p_compiled][key])
-        assert float(compiled_opt.state[p_compiled]["step"]) == steps
-
-
-@requires_innaprop_kernel
-@pytest.mark.parametrize("state_dtype", [None, torch.bfloat16], ids=["fp32-state", "bf16-state"])
-def test_innaprop_fullgraph_step_matches_eager_and_compiles_once(state_dtype):
-    eager_model, compiled_model = make_model(), make_model()
-    eager_opt = train(eager_model, lambda opt: opt.step, LRS, optimizer=INNAprop,
-                      state_dtype=state_dtype, **PROP_HYPER)
-    counter = CompileCounterWithBackend("aot_eager")
-    opt = train(compiled_model,
-                lambda opt: torch.compile(opt.step, fullgraph=True, backend=counter),
-                LRS, optimizer=INNAprop, state_dtype=state_dtype, **PROP_HYPER)
-    # One graph for every step: neither the lr value, nor the step count (the bias correction
-    # 1 − σ^t is computed by the kernel from the step tensor), nor the first step's state
-    # initialisation recompiles.
-    assert counter.frame_count == 1
-    assert_same_innaprop_state(eager_model, eager_opt, compiled_model, opt, len(LRS))
-
-
-@requires_innaprop_kernel
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
-def test_innaprop_compiled_step_with_lr_scheduler_does_not_recompile():
-    def run(compile_step):
-        model = make_model()
-        opt = INNAprop(model.parameters(), lr=torch.tensor(0.05), fused=True, **PROP_HYPER)
-        counter = CompileCounterWithBackend("eager")
-        step = opt.step
-        if compile_step:  # before the scheduler wraps opt.step (dynamo does not trace that)
             step = torch.compile(opt.step, fullgraph=True, backend=counter)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.8 ** k)
         x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
@@ -192,24 +121,25 @@ def test_innaprop_compiled_step_with_lr_scheduler_does_not_recompile():
     (eager_model, eager_opt, _), (compiled_model, compiled_opt, frames) = run(False), run(True)
     assert frames == 1
     assert float(compiled_opt.param_groups[0]["lr"]) == pytest.approx(0.05 * 0.8 ** 4)
-    assert_same_innaprop_state(eager_model, eager_opt, compiled_model, compiled_opt, 4)
+    assert_same_state(eager_model, eager_opt, compiled_model, compiled_opt, 4)
 
 
-@requires_innaprop_kernel
-def test_innaprop_inductor_compiled_step_matches_eager():
+@pytest.mark.parametrize("optimizer, hyper", BOTH)
+def test_inductor_compiled_step_matches_eager(optimizer, hyper):
     eager_model, compiled_model = make_model(), make_model()
-    eager_opt = train(eager_model, lambda opt: opt.step, LRS[:3], optimizer=INNAprop,
-                      **PROP_HYPER)
+    eager_opt = train(eager_model, lambda opt: opt.step, LRS[:3], optimizer=optimizer, **hyper)
     opt = train(compiled_model, lambda opt: torch.compile(opt.step, fullgraph=True), LRS[:3],
-                optimizer=INNAprop, **PROP_HYPER)
-    assert_same_innaprop_state(eager_model, eager_opt, compiled_model, opt, 3)
+                optimizer=optimizer, **hyper)
+    assert_same_state(eager_model, eager_opt, compiled_model, opt, 3)
 
 
-@requires_innaprop_kernel
-def test_innaprop_compiled_step_driven_by_grad_scaler():
+@pytest.mark.parametrize("optimizer, hyper", BOTH)
+def test_compiled_step_driven_by_grad_scaler(optimizer, hyper):
+    """GradScaler hands grad_scale/found_inf to a compiled step: one graph, and the step with an
+    inf gradient is skipped inside it exactly as in eager mode."""
     def run(compile_step):
         model = make_model()
-        opt = INNAprop(model.parameters(), lr=torch.tensor(0.05), fused=True, **PROP_HYPER)
+        opt = optimizer(model.parameters(), lr=torch.tensor(0.05), fused=True, **hyper)
         counter = CompileCounterWithBackend("aot_eager")
         if compile_step:
             opt.step = torch.compile(opt.step, fullgraph=True, backend=counter)
@@ -228,4 +158,4 @@ def test_innaprop_compiled_step_driven_by_grad_scaler():
     compiled_model, compiled_opt, frames, compiled_scale = run(True)
     assert frames == 1
     assert compiled_scale == eager_scale == 500.0  # lowered once, by the inf step
-    assert_same_innaprop_state(eager_model, eager_opt, compiled_model, compiled_opt, 3)
+    assert_same_state(eager_model, eager_opt, compiled_model, compiled_opt, 3)  # inf step: none
