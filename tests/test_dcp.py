@@ -14,19 +14,16 @@ different bits).
 Then one plain process loads the 2-rank checkpoint (DCP reshards it) and must continue like the
 2-rank run. The model, data and helpers are those of tests/test_distributed.py.
 """
-import datetime
 import os
-import time
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from inna_fused import INNA, INNAprop
-from test_distributed import (TIMEOUT_S, WORLD_SIZE, free_local_port, global_batch,
-                              innaprop_kwargs, local_batch, make_model, optimizer_kwargs)
+from distributed_helpers import run_in_processes
+from test_distributed import (global_batch, innaprop_kwargs, local_batch, make_model,
+                              optimizer_kwargs)
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -106,24 +103,11 @@ def run_config(rank, config, ckpt_dir):
     return out
 
 
-def worker(rank, port, out_dir):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=60))
-    results = {}
-    try:
-        for config in CONFIGS:
-            start = time.perf_counter()
-            try:
-                results[config] = run_config(rank, config, os.path.join(out_dir, config))
-            except Exception:  # recorded, and reported by the config's own test
-                results[config] = dict(error=traceback.format_exc())
-            results[config]["seconds"] = time.perf_counter() - start
-            dist.barrier()
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+# What each rank runs (distributed_helpers.worker): every configuration, checkpointing under
+# out_dir/<config>.
+RUNNERS = {config: (lambda rank, out_dir, config=config:
+                    run_config(rank, config, os.path.join(out_dir, config)))
+           for config in CONFIGS}
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +115,7 @@ def results(tmp_path_factory):
     pytest.importorskip("torch.distributed.checkpoint.state_dict",
                         reason="torch.distributed.checkpoint.state_dict is not available")
     out_dir = str(tmp_path_factory.mktemp("dcp"))
-    context = mp.start_processes(worker, args=(free_local_port(), out_dir), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.terminate()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    return out_dir, [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
-                     for r in range(WORLD_SIZE)]
+    return out_dir, run_in_processes("test_dcp", out_dir)
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))

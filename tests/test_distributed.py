@@ -2,20 +2,14 @@
 with INNAprop, 2 processes on the gloo backend (CPU, 127.0.0.1 only).
 
 Each strategy trains the same model on the same global batch (each rank takes half of it) and
-must reach the params of single-process training on the whole batch. Starting processes costs
-far more than training a tiny model, so one pair of processes runs every strategy (a failure in
-one is recorded and reported by its own test) and the tests compare what rank 0 wrote.
+must reach the params of single-process training on the whole batch. One pair of processes runs
+every strategy (distributed_helpers.py) and the tests compare what the ranks wrote.
 """
-import datetime
-import os
-import socket
-import time
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from distributed_helpers import WORLD_SIZE, run_in_processes
 
 from inna_fused import INNA, INNAprop, kernel_available
 from inna_fused.innaprop_functional import fused_available as innaprop_fused_available
@@ -23,12 +17,9 @@ from inna_fused.innaprop_functional import fused_available as innaprop_fused_ava
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
 
-WORLD_SIZE = 2
 STEPS = 3
 HYPER = dict(lr=0.05, alpha=0.5, beta=0.1, decaypower=0.5, weight_decay=0.01)
 PROP_HYPER = dict(lr=0.01, alpha=0.1, beta=0.9, sigma=0.99, eps=1e-8, weight_decay=0.01)
-STRATEGIES = ["ddp", "zero", "fsdp2", "ddp_innaprop", "fsdp2_innaprop"]
-TIMEOUT_S = 120
 
 
 def make_model():
@@ -68,7 +59,7 @@ def make_optimizer(cls, params):
     return cls(params, **(optimizer_kwargs() if cls is INNA else innaprop_kwargs()))
 
 
-def run_ddp(rank, cls=INNA):
+def run_ddp(rank, out_dir=None, cls=INNA):
     from torch.nn.parallel import DistributedDataParallel
     model = DistributedDataParallel(make_model())
     opt = make_optimizer(cls, model.parameters())
@@ -76,7 +67,7 @@ def run_ddp(rank, cls=INNA):
     return dict(params=[p.detach().clone() for p in model.module.parameters()])
 
 
-def run_zero(rank):
+def run_zero(rank, out_dir=None):
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel
     model = DistributedDataParallel(make_model())
@@ -86,7 +77,7 @@ def run_zero(rank):
                 local_states=len(opt.optim.state))
 
 
-def run_fsdp2(rank, cls=INNA):
+def run_fsdp2(rank, out_dir=None, cls=INNA):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
     model = make_model()
@@ -104,49 +95,13 @@ def run_fsdp2(rank, cls=INNA):
 
 
 RUNNERS = {"ddp": run_ddp, "zero": run_zero, "fsdp2": run_fsdp2,
-           "ddp_innaprop": lambda rank: run_ddp(rank, INNAprop),
-           "fsdp2_innaprop": lambda rank: run_fsdp2(rank, INNAprop)}
-
-
-def worker(rank, port, out_dir):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=60))
-    results = {}
-    try:
-        for name in STRATEGIES:
-            start = time.perf_counter()
-            try:
-                results[name] = RUNNERS[name](rank)
-            except Exception:  # recorded, and reported by the strategy's own test
-                results[name] = dict(error=traceback.format_exc())
-            results[name]["seconds"] = time.perf_counter() - start
-            dist.barrier()
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def free_local_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+           "ddp_innaprop": lambda rank, out_dir: run_ddp(rank, cls=INNAprop),
+           "fsdp2_innaprop": lambda rank, out_dir: run_fsdp2(rank, cls=INNAprop)}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out_dir = str(tmp_path_factory.mktemp("distributed"))
-    context = mp.start_processes(worker, args=(free_local_port(), out_dir), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.terminate()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
-            for r in range(WORLD_SIZE)]
+    return run_in_processes("test_distributed", str(tmp_path_factory.mktemp("distributed")))
 
 
 def train_single_process(cls):
