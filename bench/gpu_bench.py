@@ -208,13 +208,14 @@ def bench_model_list(shapes, device, timer, args):
     return out
 
 
-def bench_state_dtypes(shapes, device, timer, args):
-    """The op alone (no optimizer class) for each param × phase dtype pair, stochastic rounding
-    on: eager, and CUDA-graph replay where there is a GPU. Steps start past the first (k = 1), so
-    the phase is read as in every later step."""
+def bench_op_state_dtypes(shapes, device, timer, args, innaprop=False):
+    """An op alone (no optimizer class: INNA's, or INNAprop's with `innaprop`) for each param ×
+    phase dtype pair, stochastic rounding on: eager, and CUDA-graph replay where there is a GPU.
+    Steps start past the first (k = 1), so the state is read as in every later step."""
     n = sum(math.prod(s) for s in shapes)
     out = {}
-    for name, (dtype, phase_dtype, bytes_per_element) in STATE_DTYPE_PAIRS.items():
+    pairs = INNAPROP_STATE_DTYPE_PAIRS if innaprop else STATE_DTYPE_PAIRS
+    for name, (dtype, phase_dtype, bytes_per_element) in pairs.items():
         if args.no_bf16 and dtype == torch.bfloat16:
             continue
         gen = torch.Generator(device=device).manual_seed(0)
@@ -223,12 +224,19 @@ def bench_state_dtypes(shapes, device, timer, args):
         phases = [torch.zeros(s, dtype=phase_dtype, device=device) for s in shapes]
         steps = [torch.ones((), device=device) for _ in shapes]
         lr = torch.tensor(1e-4, device=device)
+        if innaprop:
+            exp_avg_sqs = [torch.rand(s, device=device, generator=gen) for s in shapes]  # fp32
 
-        def step():
-            torch.ops.inna_fused.fused_inna_.tensor_lr(
-                params, grads, phases, steps, lr=lr, alpha=0.5, beta=0.1, decay_power=0.0,
-                weight_decay=0.0, decoupled_weight_decay=False, paper_init=True, maximize=False,
-                stochastic_rounding=True, seed=0)
+            def step():
+                torch.ops.inna_fused.fused_innaprop_.tensor_lr(
+                    params, grads, phases, exp_avg_sqs, steps, lr=lr, maximize=False,
+                    stochastic_rounding=True, seed=0, **INNAPROP_HYPER)
+        else:
+            def step():
+                torch.ops.inna_fused.fused_inna_.tensor_lr(
+                    params, grads, phases, steps, lr=lr, alpha=0.5, beta=0.1, decay_power=0.0,
+                    weight_decay=0.0, decoupled_weight_decay=False, paper_init=True,
+                    maximize=False, stochastic_rounding=True, seed=0)
 
         row = {"bytes_per_element": bytes_per_element, "ms": timer(step)}
         row["GBps"] = bytes_per_element * n / row["ms"] / 1e6
@@ -285,41 +293,6 @@ def bench_innaprop_list(shapes, device, timer, args):
         free()
     del params
     free()
-    return out
-
-
-def bench_innaprop_state_dtypes(shapes, device, timer, args):
-    """INNAprop's op alone (no optimizer class) for each param × phase dtype pair, stochastic
-    rounding on, past the first step (k = 1: the phase and exp_avg_sq are read): eager, and
-    CUDA-graph replay where there is a GPU."""
-    n = sum(math.prod(s) for s in shapes)
-    out = {}
-    for name, (dtype, phase_dtype, bytes_per_element) in INNAPROP_STATE_DTYPE_PAIRS.items():
-        if args.no_bf16 and dtype == torch.bfloat16:
-            continue
-        gen = torch.Generator(device=device).manual_seed(0)
-        params = [torch.randn(s, dtype=dtype, device=device, generator=gen) for s in shapes]
-        grads = [torch.randn(s, dtype=dtype, device=device, generator=gen) for s in shapes]
-        phases = [torch.zeros(s, dtype=phase_dtype, device=device) for s in shapes]
-        exp_avg_sqs = [torch.rand(s, device=device, generator=gen) for s in shapes]  # float32
-        steps = [torch.ones((), device=device) for _ in shapes]
-        lr = torch.tensor(1e-4, device=device)
-
-        def step():
-            torch.ops.inna_fused.fused_innaprop_.tensor_lr(
-                params, grads, phases, exp_avg_sqs, steps, lr=lr, maximize=False,
-                stochastic_rounding=True, seed=0, **INNAPROP_HYPER)
-
-        row = {"bytes_per_element": bytes_per_element, "ms": timer(step)}
-        row["GBps"] = bytes_per_element * n / row["ms"] / 1e6
-        graph = graph_of(step, device)
-        if graph is not None:
-            row["graph_ms"] = timer(graph.replay)
-            row["graph_GBps"] = bytes_per_element * n / row["graph_ms"] / 1e6
-            del graph
-        out[name] = row
-        del params, grads, phases, exp_avg_sqs, steps, step
-        free()
     return out
 
 
@@ -473,7 +446,7 @@ def main(argv=None) -> int:
     print(f"bandwidth done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     results["model"] = bench_model_list(shapes, device, timer, args)
     print(f"model list done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    results["state_dtypes"] = bench_state_dtypes(shapes, device, timer, args)
+    results["state_dtypes"] = bench_op_state_dtypes(shapes, device, timer, args)
     print(f"param x phase dtypes done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     if args.no_innaprop:
         results["innaprop_skipped"] = "--no-innaprop"
@@ -485,7 +458,8 @@ def main(argv=None) -> int:
     else:
         results["innaprop"] = bench_innaprop_list(shapes, device, timer, args)
         print(f"INNAprop vs AdamW done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-        results["innaprop_state_dtypes"] = bench_innaprop_state_dtypes(shapes, device, timer, args)
+        results["innaprop_state_dtypes"] = bench_op_state_dtypes(shapes, device, timer, args,
+                                                                 innaprop=True)
         print(f"INNAprop param x phase dtypes done ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
     results["small"] = bench_small_tensors(args.small_count, args.small_numel, device, timer)
