@@ -1,5 +1,6 @@
 """INNAprop (Bolte, Boustany, Pauwels, Purica 2024): the class and the functional API against the
 authors' literal step (reference.innaprop_reference_)."""
+import math
 import warnings
 
 import pytest
@@ -370,15 +371,36 @@ def test_maximize_equals_minimizing_the_negated_objective():
     assert all(torch.equal(x, y) for x, y in zip(a, params))
 
 
-def test_scheduler_drives_lr():
-    p = torch.nn.Parameter(torch.ones(3))
-    opt = INNAprop([p], lr=0.01, foreach=True, fused=False)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
-    for _ in range(4):
-        p.grad = torch.ones(3)
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.0025)
+@pytest.mark.parametrize("impl", [*IMPLS, pytest.param("fused", marks=requires_op)])
+def test_scheduled_lr_matches_the_authors_step(impl):
+    """A warmup + cosine LambdaLR (a new lr every step) gives the authors' class under the same
+    scheduler, in float64, to 1e-12."""
+    impl_kwargs = IMPLS.get(impl, dict(fused=True))
+    hyper = CONFIGS["alpha_beta_2"]
+    steps = 60
+
+    def factor(k):
+        return (k + 1) / 10 if k < 10 else 0.5 * (1 + math.cos(math.pi * (k - 10) / (steps - 10)))
+
+    runs = []
+    for make in (lambda ps: INNAprop(ps, **hyper, **impl_kwargs),
+                 lambda ps: AuthorsINNAprop(ps, **hyper)):
+        params = [torch.nn.Parameter(t) for t in initial()]
+        opt = make(params)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        for k in range(steps):
+            for p, g in zip(params, grad_at(k, SHAPES)):
+                p.grad = g
+            opt.step()
+            sched.step()
+        runs.append((params, opt))
+    (ours, opt), (ref, ref_opt) = runs
+    assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"] != hyper["lr"]
+    a, b = hyper["alpha"], hyper["beta"]
+    for p, q in zip(ours, ref):
+        assert rel_err(p, q) < 1e-12
+        psi = (1 - a * b) * p.detach() + b * opt.state[p]["phase"]
+        assert rel_err(psi, ref_opt.state[q]["psi"]) < 1e-12
 
 
 def test_timm_creates_innaprop():
