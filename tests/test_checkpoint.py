@@ -1,6 +1,6 @@
 """Checkpoints: state_dict round trips through torch.save/torch.load across implementations,
-exact resumption, and state_dicts written by the authors' INNA class (their ψ converts to our
-phase at load)."""
+exact resumption (INNA and INNAprop), and state_dicts written by the authors' INNA class (their ψ
+converts to our phase at load)."""
 import copy
 import io
 import pickle
@@ -9,11 +9,17 @@ import pytest
 import torch
 from torch.optim import Optimizer
 
-from inna_fused import INNA, phase_to_psi
+from inna_fused import INNA, INNAprop, phase_to_psi
 
 from conftest import impl_kwargs, impl_params
 
 HYPER = dict(lr=0.05, alpha=0.5, beta=0.1, decaypower=0.5, weight_decay=0.01)
+# Per optimizer: its hyper-parameters, and other valid ones that a loaded checkpoint replaces.
+OPTIMIZERS = {
+    "INNA": (INNA, HYPER, dict(lr=0.9, alpha=1.0, beta=0.5)),
+    "INNAprop": (INNAprop, dict(lr=0.01, alpha=0.1, beta=0.9, sigma=0.99, weight_decay=0.01),
+                 dict(lr=0.3, alpha=1.0, beta=0.5, sigma=0.9)),
+}
 
 
 def make_model(dtype=torch.float32, seed=0):
@@ -56,9 +62,11 @@ def through_file(obj, map_location="cpu"):
 def assert_same_training_state(model_a, opt_a, model_b, opt_b, exact, what):
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
         sa, sb = opt_a.state[a], opt_b.state[b]
-        assert sb["phase"].dtype == sa["phase"].dtype, f"{what}: phase dtype of {name}"
+        assert sa.keys() == sb.keys(), f"{what}: state keys of {name}"
         assert float(sb["step"]) == float(sa["step"]), f"{what}: step of {name}"
-        for x, y, part in ((a, b, "param"), (sa["phase"], sb["phase"], "phase")):
+        tensors = [(sa[k], sb[k], k) for k in sorted(sa.keys() - {"step"})]
+        for x, y, part in [(a, b, "param"), *tensors]:
+            assert y.dtype == x.dtype, f"{what}: {part} dtype of {name}"
             if exact:
                 assert torch.equal(x, y), f"{what}: {part} {name} differs"
             else:
@@ -66,26 +74,32 @@ def assert_same_training_state(model_a, opt_a, model_b, opt_b, exact, what):
                                            msg=lambda m: f"{what}: {part} {name}: {m}")
 
 
+@pytest.mark.parametrize("state_dtype", [None, torch.bfloat16], ids=["state-default",
+                                                                    "state-bf16"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("impl", impl_params())
-def test_resume_is_bitwise_identical_to_not_stopping(impl, dtype):
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_resume_is_bitwise_identical_to_not_stopping(optimizer, impl, dtype, state_dtype):
+    cls, hyper, other_hyper = OPTIMIZERS[optimizer]
+    hyper = dict(hyper, state_dtype=state_dtype)
     straight = make_model(dtype)
-    straight_opt = INNA(straight.parameters(), **HYPER, **impl_kwargs(impl))
+    straight_opt = cls(straight.parameters(), **hyper, **impl_kwargs(impl))
     train(straight, straight_opt, range(6))
 
     first = make_model(dtype)
-    first_opt = INNA(first.parameters(), **HYPER, **impl_kwargs(impl))
+    first_opt = cls(first.parameters(), **hyper, **impl_kwargs(impl))
     train(first, first_opt, range(3))
     checkpoint = through_file({"model": first.state_dict(), "opt": first_opt.state_dict()})
     del first, first_opt
 
     resumed = make_model(dtype, seed=123)  # different init: everything must come from the file
     resumed.load_state_dict(checkpoint["model"])
-    resumed_opt = INNA(resumed.parameters(), lr=0.9, alpha=1.0, beta=0.5, **impl_kwargs(impl))
+    # Other hyper-parameters and storage options: the checkpoint's replace them.
+    resumed_opt = cls(resumed.parameters(), **other_hyper, **impl_kwargs(impl))
     resumed_opt.load_state_dict(checkpoint["opt"])
     train(resumed, resumed_opt, range(3, 6))
     assert_same_training_state(straight, straight_opt, resumed, resumed_opt, exact=True,
-                               what=f"{impl} resumed")
+                               what=f"{optimizer} {impl} resumed")
 
 
 @pytest.mark.parametrize("load_impl", impl_params())
