@@ -341,6 +341,35 @@ def test_fused_matches_foreach_bitwise(dtype, state_dtype, weight_decay):
             torch.testing.assert_close(x, y, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("impl", [*IMPLS, pytest.param("fused", marks=requires_op)])
+def test_nan_and_inf_gradients_propagate_as_in_the_authors_step(impl):
+    """Non-finite gradients are neither zeroed nor skipped: θ, the phase and exp_avg_sq become
+    non-finite exactly where the authors' step makes θ, ψ and exp_avg_sq non-finite, and the
+    other elements take the authors' values."""
+    hyper = CONFIGS["defaults"]
+    shape = (64,)
+    runs = []
+    for make in (lambda ps: INNAprop(ps, **hyper, **IMPLS.get(impl, dict(fused=True))),
+                 lambda ps: AuthorsINNAprop(ps, **hyper)):
+        p = torch.nn.Parameter(initial()[2][:64].clone())
+        opt = make([p])
+        for k in range(4):
+            g = grad_at(k, [shape])[0]
+            if k == 1:
+                g[3], g[10], g[20] = float("nan"), float("inf"), -float("inf")
+            p.grad = g
+            opt.step()
+        runs.append((p, opt.state[p]))
+    (p, st), (q, ref) = runs
+    psi = (1 - hyper["alpha"] * hyper["beta"]) * p.detach() + hyper["beta"] * st["phase"]
+    for ours, theirs in ((p.detach(), q.detach()), (psi, ref["psi"]),
+                         (st["exp_avg_sq"], ref["exp_avg_sq"])):
+        bad = ~torch.isfinite(theirs)
+        assert bad[[3, 10, 20]].all() and bad.sum() == 3
+        assert torch.equal(~torch.isfinite(ours), bad)
+        assert rel_err(ours[~bad], theirs[~bad]) < 1e-12
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_amp_grad_scale_and_found_inf(impl):
     plain, _ = run_ours(DEFAULTS, IMPLS[impl], 1)
