@@ -22,7 +22,7 @@ from .optimizer import INNA
 from .innaprop import INNAprop
 from . import innaprop_functional
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["INNA", "inna", "INNAprop", "innaprop_functional", "functional", "reference",
            "conversions", "rounding", "psi_to_phase", "phase_to_psi", "kernel_available",
            "load_error", "build_info", "__version__", "register_timm_optimizers"]
