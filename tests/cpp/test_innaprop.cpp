@@ -8,19 +8,17 @@
 //   test_innaprop NAME       run one case (CTest registers one test per case)
 //   test_innaprop --list     print the case names
 // INNA_FUSED_TEST_VERBOSE=1 prints the worst error ratio of every comparison with a reference.
+// What this file shares with test_optim.cpp (runner, checks, procedures) is in test_support.h.
+#include "test_support.h"
+
 #include <inna_fused/optim.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/serialize/archive.h>
 #include <torch/torch.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <functional>
 #include <iostream>
 #include <optional>
-#include <sstream>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,15 +26,20 @@ using inna_fused::INNAprop;
 using inna_fused::INNApropOptions;
 using inna_fused::INNApropParamState;
 
+namespace inna_fused_test {
+template <>
+struct OptimTraits<INNAprop> {
+  using Options = INNApropOptions;
+  using State = INNApropParamState;
+  static NamedTensors state_tensors(const State& st) {
+    return {{"phase", st.phase()}, {"exp_avg_sq", st.exp_avg_sq()}, {"step", st.step()}};
+  }
+};
+}  // namespace inna_fused_test
+
 namespace {
 
-struct Failure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) throw Failure(what);
-}
+using namespace inna_fused_test;
 
 // ---- The authors' step, literally, in float64 ----------------------------------------------------
 //
@@ -72,61 +75,10 @@ void authors_step(Authors& s, torch::Tensor g, const INNApropOptions& o) {
 
 // ---- Helpers -----------------------------------------------------------------------------------
 
-// max |x − ref| / (atol + rtol·|ref|) over all elements; ≤ 1 passes.
-void expect_close(const torch::Tensor& actual, const torch::Tensor& ref, double atol, double rtol,
-                  const std::string& what) {
-  const auto got = actual.detach().to(torch::kDouble).reshape(-1);
-  const auto want = ref.detach().to(torch::kDouble).reshape(-1);
-  expect(got.numel() == want.numel(), what + ": size differs");
-  const auto err = (got - want).abs();
-  const auto ratio = err / (atol + rtol * want.abs());
-  const auto worst = ratio.max().item<double>();
-  const auto where = ratio.argmax().item<int64_t>();
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << what << ": max error ratio " << worst << " at [" << where << "] (got "
-      << got[where].item<double>() << ", reference " << want[where].item<double>() << ", atol "
-      << atol << ", rtol " << rtol << ")";
-  if (std::getenv("INNA_FUSED_TEST_VERBOSE")) std::cout << msg.str() << std::endl;
-  expect(worst <= 1.0, msg.str());  // also fails on NaN
-}
-
-void expect_equal(const torch::Tensor& a, const torch::Tensor& b, const std::string& what) {
-  expect(a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes(),
-         what + ": dtype/shape differ");
-  expect(torch::equal(a, b), what + ": not bitwise equal (max abs diff " +
-                                 std::to_string((a.to(torch::kDouble) - b.to(torch::kDouble))
-                                                    .abs().max().item<double>()) + ")");
-}
-
-template <typename Error>
-void expect_throws(const std::function<void()>& f, const std::string& must_mention,
-                   const std::string& what) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    expect(msg.find(must_mention) != std::string::npos,
-           what + ": message does not mention '" + must_mention + "': " + msg);
-    return;
-  }
-  throw Failure(what + ": no error of the expected type");
-}
-
-const INNApropParamState& state_of(INNAprop& opt, const torch::Tensor& p) {
-  return static_cast<const INNApropParamState&>(*opt.state().at(p.unsafeGetTensorImpl()));
-}
-
 // The optimizer's state in the authors' form: ψ = (1 − αβ)θ + βw, in float64.
 torch::Tensor psi_of(INNAprop& opt, const torch::Tensor& p, const INNApropOptions& o) {
   return (1.0 - o.alpha() * o.beta()) * p.detach().to(torch::kDouble) +
          o.beta() * state_of(opt, p).phase().to(torch::kDouble);
-}
-
-// A fresh gradient for step `step` of param `index`, the same for every run.
-torch::Tensor grad_for(const torch::Tensor& p, int step, int index) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 * step + index);
-  return torch::randn(p.sizes(), gen, torch::kDouble).to(p.scalar_type());
 }
 
 // The option sets compared with the authors' step: their defaults, the brief's second set, and
@@ -158,13 +110,9 @@ void optimizer_matches_authors_float64() {
                                          torch::randn({5}, torch::kDouble)};
     std::vector<Authors> ref = {authors_from(params[0]), authors_from(params[1])};
     INNAprop opt(params, options);
-    for (int step = 0; step < 100; ++step) {
-      for (size_t i = 0; i < params.size(); ++i) {
-        params[i].mutable_grad() = grad_for(params[i], step, i);
-        authors_step(ref[i], params[i].grad(), options);
-      }
-      opt.step();
-    }
+    step_with_reference<Authors>(opt, params, ref, 0, 100, [&](Authors& r, const torch::Tensor& g) {
+      authors_step(r, g, options);
+    });
     for (size_t i = 0; i < params.size(); ++i) {
       const auto label = name + " param " + std::to_string(i);
       const auto& st = state_of(opt, params[i]);
@@ -210,9 +158,7 @@ void lr_schedule_and_closure_match_authors() {
 // every step from θ as stored (ψ moves by (1 − αβ)(θ_stored − θ), keeping w) and from the stored
 // v: θ differs by its rounding plus float32 arithmetic.
 void optimizer_matches_authors_low_precision() {
-  struct Case { torch::ScalarType dtype; double theta_rtol; };
-  for (const auto& c : {Case{torch::kFloat, 1e-6}, Case{torch::kHalf, 1e-3},
-                        Case{torch::kBFloat16, 8e-3}}) {
+  for (const auto& c : low_precision_cases()) {
     for (auto [name, options] : option_sets()) {
       options.stochastic_rounding(false);
       torch::manual_seed(3);
@@ -251,79 +197,27 @@ void optimizer_matches_op_called_directly() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("inna_fused::fused_innaprop_", "").typed<Signature>();
   torch::manual_seed(4);
-  std::vector<std::vector<torch::Tensor>> groups = {
-      {torch::randn({70000}), torch::randn({33}).to(torch::kBFloat16), torch::randn({2, 3}),
-       torch::randn({9}).to(torch::kHalf)},
-      {torch::randn({4, 5}, torch::kDouble)},
-      {torch::randn({50}), torch::randn({20}).to(torch::kBFloat16),
-       torch::randn({7}, torch::kDouble)}};
-  const std::vector<INNApropOptions> options = {
-      INNApropOptions(0.01),
-      INNApropOptions(0.02).alpha(1.3).beta(0.5).sigma(0.9).maximize(true).weight_decay(0.0),
-      INNApropOptions(0.005).state_dtype(torch::kBFloat16).seed(7).weight_decay(0.1).eps(1e-6)};
-
-  struct Direct {
-    size_t group;
-    torch::ScalarType dtype;
-    std::vector<at::Tensor> params, grads, phases, sqs, steps;
-  };
-  std::vector<Direct> direct;
-  std::vector<std::pair<size_t, size_t>> slot;
-  for (size_t g = 0; g < groups.size(); ++g) {
-    for (const auto& p : groups[g]) {
-      size_t d = 0;
-      while (d < direct.size() && !(direct[d].group == g && direct[d].dtype == p.scalar_type())) ++d;
-      if (d == direct.size()) direct.push_back(Direct{g, p.scalar_type(), {}, {}, {}, {}, {}});
-      slot.emplace_back(d, direct[d].params.size());
-      direct[d].params.push_back(p.clone());
-      const auto opmath = p.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-      direct[d].phases.push_back(
-          torch::zeros_like(p, torch::dtype(options[g].state_dtype().value_or(opmath))));
-      direct[d].sqs.push_back(torch::zeros_like(p, torch::dtype(opmath)));
-      direct[d].steps.push_back(torch::zeros({}, torch::kFloat));
-    }
-  }
-  expect(direct.size() == 7, "test bug: expected seven (group, dtype) lists");
-
-  std::vector<torch::optim::OptimizerParamGroup> param_groups;
-  for (size_t g = 0; g < groups.size(); ++g) {
-    param_groups.emplace_back(groups[g], std::make_unique<INNApropOptions>(options[g]));
-  }
-  INNAprop opt(param_groups);
-  for (size_t g = 0; g < groups.size(); ++g) {
-    expect(static_cast<const INNApropOptions&>(opt.param_groups()[g].options()) == options[g],
-           "group " + std::to_string(g) + " did not keep its options");
-  }
-
-  for (int step = 0; step < 5; ++step) {
-    for (auto& d : direct) d.grads.clear();
-    size_t index = 0;
-    for (auto& group : groups) {
-      for (auto& p : group) {
-        p.mutable_grad() = grad_for(p, step, index);
-        direct[slot[index].first].grads.push_back(p.grad().clone());
-        ++index;
-      }
-    }
-    opt.step();
-    for (auto& d : direct) {
-      const auto& o = options[d.group];
-      op.call(d.params, d.grads, d.phases, d.sqs, d.steps, o.lr(), o.alpha(), o.beta(), o.sigma(),
-              o.eps(), o.weight_decay(), o.maximize(), o.stochastic_rounding(), o.seed(),
-              std::nullopt, std::nullopt);
-    }
-  }
-  size_t index = 0;
-  for (auto& group : groups) {
-    for (auto& p : group) {
-      const auto [d, i] = slot[index++];
-      const auto label = "param of shape " + c10::str(p.sizes()) + " " + c10::toString(p.scalar_type());
-      expect_equal(p, direct[d].params[i], label);
-      expect_equal(state_of(opt, p).phase(), direct[d].phases[i], label + " phase");
-      expect_equal(state_of(opt, p).exp_avg_sq(), direct[d].sqs[i], label + " exp_avg_sq");
-      expect_equal(state_of(opt, p).step(), direct[d].steps[i], label + " step");
-    }
-  }
+  check_matches_op_called_directly<INNAprop>(
+      {{torch::randn({70000}), torch::randn({33}).to(torch::kBFloat16), torch::randn({2, 3}),
+        torch::randn({9}).to(torch::kHalf)},
+       {torch::randn({4, 5}, torch::kDouble)},
+       {torch::randn({50}), torch::randn({20}).to(torch::kBFloat16),
+        torch::randn({7}, torch::kDouble)}},
+      {INNApropOptions(0.01),
+       INNApropOptions(0.02).alpha(1.3).beta(0.5).sigma(0.9).maximize(true).weight_decay(0.0),
+       INNApropOptions(0.005).state_dtype(torch::kBFloat16).seed(7).weight_decay(0.1).eps(1e-6)},
+      7,
+      [](const torch::Tensor& p, const INNApropOptions& o) -> std::vector<torch::Tensor> {
+        const auto opmath = p.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+        return {torch::zeros_like(p, torch::dtype(o.state_dtype().value_or(opmath))),
+                torch::zeros_like(p, torch::dtype(opmath)), torch::zeros({}, torch::kFloat)};
+      },
+      [&](std::vector<at::Tensor>& params, std::vector<at::Tensor>& grads,
+          std::vector<std::vector<at::Tensor>>& state, const INNApropOptions& o) {
+        op.call(params, grads, state[0], state[1], state[2], o.lr(), o.alpha(), o.beta(),
+                o.sigma(), o.eps(), o.weight_decay(), o.maximize(), o.stochastic_rounding(),
+                o.seed(), std::nullopt, std::nullopt);
+      });
 }
 
 // State as in the Python class: phase float32 for 16/32-bit params, float64 for float64 params,
@@ -335,34 +229,20 @@ void state_layout() {
                                          torch::randn({2, 2}).to(torch::kBFloat16),
                                          torch::randn({4}), torch::randn({3}, torch::kDouble),
                                          torch::randn({4})};
-    const auto untouched = params.back().clone();
-    INNAprop opt(params, bf16_state ? INNApropOptions().state_dtype(torch::kBFloat16)
-                                    : INNApropOptions());
-    for (int step = 0; step < 3; ++step) {
-      for (size_t i = 0; i + 1 < params.size(); ++i) {
-        params[i].mutable_grad() = torch::randn_like(params[i]);
-      }
-      opt.step();
-    }
     const torch::ScalarType opmath[] = {torch::kFloat, torch::kFloat, torch::kFloat,
                                         torch::kDouble};
-    for (size_t i = 0; i + 1 < params.size(); ++i) {
-      const auto& st = state_of(opt, params[i]);
-      const auto which = std::string(bf16_state ? "bfloat16 state: " : "") + "param " +
-                         std::to_string(i);
-      expect(st.phase().scalar_type() == (bf16_state ? torch::kBFloat16 : opmath[i]),
-             which + ": phase dtype " + c10::toString(st.phase().scalar_type()));
-      expect(st.exp_avg_sq().scalar_type() == opmath[i],
-             which + ": exp_avg_sq dtype " + c10::toString(st.exp_avg_sq().scalar_type()));
-      expect(st.phase().sizes() == params[i].sizes() &&
-                 st.exp_avg_sq().sizes() == params[i].sizes(), which + ": state shapes");
-      expect(st.step().scalar_type() == torch::kFloat && st.step().dim() == 0 &&
-                 st.step().device() == params[i].device(), "step is not a float32 0-d tensor");
-      expect(st.step().item<double>() == 3.0, "step count is not 3");
-    }
-    expect(opt.state().count(params.back().unsafeGetTensorImpl()) == 0,
-           "a param without grad got state");
-    expect_equal(params.back(), untouched, "param without grad");
+    check_state_layout<INNAprop>(
+        params, bf16_state ? INNApropOptions().state_dtype(torch::kBFloat16) : INNApropOptions(),
+        [&](const INNApropParamState& st, size_t i) {
+          const auto which = std::string(bf16_state ? "bfloat16 state: " : "") + "param " +
+                             std::to_string(i);
+          expect(st.phase().scalar_type() == (bf16_state ? torch::kBFloat16 : opmath[i]),
+                 which + ": phase dtype " + c10::toString(st.phase().scalar_type()));
+          expect(st.exp_avg_sq().scalar_type() == opmath[i],
+                 which + ": exp_avg_sq dtype " + c10::toString(st.exp_avg_sq().scalar_type()));
+          expect(st.phase().sizes() == params[i].sizes() &&
+                     st.exp_avg_sq().sizes() == params[i].sizes(), which + ": state shapes");
+        });
   }
 }
 
@@ -453,13 +333,9 @@ void bad_options_rejected() {
   expect_throws<V>([&] { INNAprop({torch::randn({3}, torch::kComplexFloat)}); }, "complex",
                    "complex param");
   // A group's own options are checked too; options of another optimizer are refused.
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(std::vector<torch::Tensor>{p}, std::make_unique<O>(O().eps(-1.0)));
-  expect_throws<V>([&] { INNAprop{groups}; }, "eps", "group options");
-  std::vector<torch::optim::OptimizerParamGroup> adam_groups;
-  adam_groups.emplace_back(std::vector<torch::Tensor>{p},
-                           std::make_unique<torch::optim::AdamOptions>(0.1));
-  expect_throws<c10::TypeError>([&] { INNAprop{adam_groups}; }, "another optimizer", "Adam options");
+  expect_group_refused<INNAprop, V>(p, std::make_unique<O>(O().eps(-1.0)), "eps", "group options");
+  expect_group_refused<INNAprop, c10::TypeError>(
+      p, std::make_unique<torch::optim::AdamOptions>(0.1), "another optimizer", "Adam options");
 }
 
 // A problem in the second group (bad options set after construction, a bad grad, a state dtype
@@ -519,18 +395,7 @@ void bad_step_changes_nothing() {
   unchanged("eps < 0 in the second group");
   later_options.eps(1e-8);
 
-  struct BadGrad { torch::Tensor grad; std::string mention; bool type_error; };
-  for (const auto& bad : {BadGrad{torch::randn({5}), "shape", false},
-                          BadGrad{torch::randn({4}, torch::kDouble), "dtype", true},
-                          BadGrad{torch::randn({4}).to_sparse(), "sparse", true}}) {
-    later.mutable_grad() = bad.grad;
-    if (bad.type_error) {
-      expect_throws<c10::TypeError>([&] { opt.step(); }, bad.mention, "grad with bad " + bad.mention);
-    } else {
-      expect_throws<c10::ValueError>([&] { opt.step(); }, bad.mention, "grad with bad " + bad.mention);
-    }
-    unchanged("grad with bad " + bad.mention);
-  }
+  expect_bad_grads_refused(opt, later, unchanged);
   later.mutable_grad() = torch::randn({4});
   later_options.state_dtype(torch::kDouble);
   expect_throws<c10::ValueError>([&] { opt.step(); }, "state_dtype", "float64 phase for float32 params");
@@ -542,74 +407,17 @@ void bad_step_changes_nothing() {
   expect(state_of(opt, good).step().item<double>() == 2.0 &&
              state_of(opt, later).step().item<double>() == 1.0, "step counts after recovery");
 
-  auto int_param = torch::ones({2}, torch::kInt);
-  int_param.mutable_grad() = torch::ones({2}, torch::kInt);
-  INNAprop int_opt({int_param});
-  expect_throws<c10::TypeError>([&] { int_opt.step(); }, "dtype", "integer param");
+  expect_integer_param_refused<INNAprop>();
 }
 
 // torch::save after 3 steps, torch::load into a new optimizer over new params (default
 // options), 3 more steps: bitwise identical to 6 uninterrupted steps, two groups with their own
 // options (a bfloat16 param and a bfloat16 phase with stochastic rounding in one).
 void serialize_load_continues_identically() {
-  const auto options0 = INNApropOptions(0.01).sigma(0.99).weight_decay(0.2)
-                            .state_dtype(torch::kBFloat16).seed(123);
-  const auto options1 = INNApropOptions(0.005).alpha(0.9).beta(0.3).eps(1e-6).maximize(true)
-                            .stochastic_rounding(false).state_dtype(torch::kDouble);
-  auto make = [&](std::vector<torch::Tensor> a, std::vector<torch::Tensor> b, bool with_options) {
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    if (with_options) {
-      groups.emplace_back(std::move(a), std::make_unique<INNApropOptions>(options0));
-      groups.emplace_back(std::move(b), std::make_unique<INNApropOptions>(options1));
-    } else {
-      groups.emplace_back(std::move(a));
-      groups.emplace_back(std::move(b));
-    }
-    return std::make_unique<INNAprop>(groups);
-  };
-  torch::manual_seed(5);
-  std::vector<torch::Tensor> a = {torch::randn({3, 3}), torch::randn({5}).to(torch::kBFloat16)};
-  std::vector<torch::Tensor> b = {torch::randn({7}, torch::kDouble)};
-  std::vector<torch::Tensor> a2 = {a[0].clone(), a[1].clone()}, b2 = {b[0].clone()};
-  auto straight = make(a, b, true);
-  auto first = make(a2, b2, true);
-  auto set_grads = [](std::vector<torch::Tensor>& a, std::vector<torch::Tensor>& b, int step) {
-    int index = 0;
-    for (auto* ps : {&a, &b})
-      for (auto& p : *ps) p.mutable_grad() = grad_for(p, step, index++);
-  };
-  for (int step = 0; step < 3; ++step) {
-    set_grads(a, b, step);
-    straight->step();
-    set_grads(a2, b2, step);
-    first->step();
-  }
-  std::stringstream stream;
-  torch::save(*first, stream);
-  std::vector<torch::Tensor> a3 = {a2[0].clone(), a2[1].clone()}, b3 = {b2[0].clone()};
-  auto resumed = make(a3, b3, false);
-  torch::load(*resumed, stream);
-  expect(static_cast<const INNApropOptions&>(resumed->param_groups()[0].options()) == options0,
-         "group 0 options not restored");
-  expect(static_cast<const INNApropOptions&>(resumed->param_groups()[1].options()) == options1,
-         "group 1 options not restored");
-  for (int step = 3; step < 6; ++step) {
-    set_grads(a, b, step);
-    straight->step();
-    set_grads(a3, b3, step);
-    resumed->step();
-  }
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs = {
-      {a[0], a3[0]}, {a[1], a3[1]}, {b[0], b3[0]}};
-  for (size_t i = 0; i < pairs.size(); ++i) {
-    const auto label = "param " + std::to_string(i);
-    const auto& want = state_of(*straight, pairs[i].first);
-    const auto& got = state_of(*resumed, pairs[i].second);
-    expect_equal(pairs[i].second, pairs[i].first, label);
-    expect_equal(got.phase(), want.phase(), label + " phase");
-    expect_equal(got.exp_avg_sq(), want.exp_avg_sq(), label + " exp_avg_sq");
-    expect_equal(got.step(), want.step(), label + " step");
-  }
+  check_serialize_load_continues_identically<INNAprop>(
+      INNApropOptions(0.01).sigma(0.99).weight_decay(0.2).state_dtype(torch::kBFloat16).seed(123),
+      INNApropOptions(0.005).alpha(0.9).beta(0.3).eps(1e-6).maximize(true)
+          .stochastic_rounding(false).state_dtype(torch::kDouble));
 }
 
 // An archive in the authors' form, written by hand in torch::optim's layout: state `psi`,
@@ -630,44 +438,22 @@ void load_archive_of_authors_psi_form() {
   }
   for (size_t i = 0; i < params.size(); ++i) params[i].copy_(ref[i].theta);
 
-  torch::serialize::OutputArchive archive;
-  archive.write("pytorch_version", c10::IValue("1.5.0"));
-  torch::serialize::OutputArchive state(archive.compilation_unit());
-  auto key = [](const torch::Tensor& p) {
-    return std::to_string(reinterpret_cast<size_t>(p.unsafeGetTensorImpl()));
-  };
-  for (size_t i = 0; i < params.size(); ++i) {
-    torch::serialize::OutputArchive param_state(archive.compilation_unit());
-    param_state.write("psi", ref[i].psi.clone());
-    param_state.write("exp_avg_sq", ref[i].v.clone());
-    param_state.write("step", torch::tensor(int64_t{3}));
-    state.write(key(params[i]), param_state);
-  }
-  archive.write("state", state);
-  torch::serialize::OutputArchive groups(archive.compilation_unit());
-  groups.write("param_groups/size", torch::tensor(int64_t{1}));
-  torch::serialize::OutputArchive group(archive.compilation_unit());
-  group.write("params/size", torch::tensor(static_cast<int64_t>(params.size())));
-  for (size_t i = 0; i < params.size(); ++i) {
-    group.write("params/" + std::to_string(i), c10::IValue(key(params[i])));
-  }
-  torch::serialize::OutputArchive authors_options(archive.compilation_unit());
-  authors_options.write("lr", options.lr());
-  authors_options.write("alpha", options.alpha());
-  authors_options.write("beta", options.beta());
-  authors_options.write("sigma", options.sigma());
-  authors_options.write("eps", options.eps());
-  authors_options.write("weight_decay", options.weight_decay());
-  group.write("options", authors_options);
-  groups.write("param_groups/0", group);
-  archive.write("param_groups", groups);
-  std::stringstream stream;
-  archive.save_to(stream);
-
   INNAprop opt(params, INNApropOptions(0.5).maximize(true));
-  torch::serialize::InputArchive in;
-  in.load_from(stream);
-  opt.load(in);
+  load_handwritten_archive(
+      opt, params,
+      [&](size_t i, torch::serialize::OutputArchive& param_state) {
+        param_state.write("psi", ref[i].psi.clone());
+        param_state.write("exp_avg_sq", ref[i].v.clone());
+        param_state.write("step", torch::tensor(int64_t{3}));
+      },
+      [&](torch::serialize::OutputArchive& authors_options) {
+        authors_options.write("lr", options.lr());
+        authors_options.write("alpha", options.alpha());
+        authors_options.write("beta", options.beta());
+        authors_options.write("sigma", options.sigma());
+        authors_options.write("eps", options.eps());
+        authors_options.write("weight_decay", options.weight_decay());
+      });
   expect(static_cast<const INNApropOptions&>(opt.param_groups()[0].options()) == options,
          "options of the authors' form not restored with the missing ones' defaults");
   for (size_t i = 0; i < params.size(); ++i) {
@@ -679,13 +465,9 @@ void load_archive_of_authors_psi_form() {
     expect_close(psi_of(opt, params[i], options), ref[i].psi, 1e-15, 1e-12,
                  "converted psi of param " + std::to_string(i));
   }
-  for (int step = 3; step < 30; ++step) {
-    for (size_t i = 0; i < params.size(); ++i) {
-      params[i].mutable_grad() = grad_for(params[i], step, i);
-      authors_step(ref[i], params[i].grad(), options);
-    }
-    opt.step();
-  }
+  step_with_reference<Authors>(opt, params, ref, 3, 30, [&](Authors& r, const torch::Tensor& g) {
+    authors_step(r, g, options);
+  });
   for (size_t i = 0; i < params.size(); ++i) {
     const auto label = "after load, param " + std::to_string(i);
     expect_close(params[i], ref[i].theta, 1e-15, 1e-12, label + " theta");
@@ -696,16 +478,10 @@ void load_archive_of_authors_psi_form() {
 }
 
 // Linking the library registers both overloads of the INNAprop op with a CPU kernel.
-void op_is_registered_for_cpu() {
-  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("inna_fused::fused_innaprop_", "");
-  expect(op.hasKernelForDispatchKey(c10::DispatchKey::CPU), "no CPU kernel registered");
-  auto op_tensor_lr =
-      c10::Dispatcher::singleton().findSchemaOrThrow("inna_fused::fused_innaprop_", "tensor_lr");
-  expect(op_tensor_lr.hasKernelForDispatchKey(c10::DispatchKey::CPU), "no CPU kernel for tensor_lr");
-}
+void op_is_registered_for_cpu() { expect_op_registered_for_cpu("inna_fused::fused_innaprop_"); }
 
-const std::vector<std::pair<std::string, std::function<void()>>>& cases() {
-  static const std::vector<std::pair<std::string, std::function<void()>>> all = {
+const Cases& cases() {
+  static const Cases all = {
       {"defaults_are_the_authors", defaults_are_the_authors},
       {"optimizer_matches_authors_float64", optimizer_matches_authors_float64},
       {"lr_schedule_and_closure_match_authors", lr_schedule_and_closure_match_authors},
@@ -724,28 +500,4 @@ const std::vector<std::pair<std::string, std::function<void()>>>& cases() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc == 2 && std::string(argv[1]) == "--list") {
-    for (const auto& [name, fn] : cases()) std::cout << name << "\n";
-    return 0;
-  }
-  int passed = 0, failed = 0, selected = 0;
-  for (const auto& [name, fn] : cases()) {
-    if (argc == 2 && name != argv[1]) continue;
-    ++selected;
-    try {
-      fn();
-      ++passed;
-      std::cout << "PASS " << name << std::endl;
-    } catch (const std::exception& e) {
-      ++failed;
-      std::cout << "FAIL " << name << ": " << e.what() << std::endl;
-    }
-  }
-  if (selected == 0) {
-    std::cerr << "no test case named '" << argv[1] << "' (see --list)\n";
-    return 2;
-  }
-  std::cout << passed << " passed, " << failed << " failed" << std::endl;
-  return failed == 0 ? 0 : 1;
-}
+int main(int argc, char** argv) { return inna_fused_test::run_cases(argc, argv, cases()); }

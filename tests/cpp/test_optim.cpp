@@ -7,19 +7,16 @@
 //   test_optim            run every case
 //   test_optim NAME       run one case (CTest registers one test per case)
 //   test_optim --list     print the case names
+// What this file shares with test_innaprop.cpp (runner, checks, procedures) is in test_support.h.
+#include "test_support.h"
+
 #include <inna_fused/optim.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/serialize/archive.h>
 #include <torch/torch.h>
 
 #include <cmath>
-#include <cstdio>
-#include <functional>
-#include <iostream>
 #include <optional>
-#include <sstream>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,15 +25,20 @@ using inna_fused::INNAOptions;
 using inna_fused::INNAParamState;
 using inna_fused::PsiInit;
 
+namespace inna_fused_test {
+template <>
+struct OptimTraits<INNA> {
+  using Options = INNAOptions;
+  using State = INNAParamState;
+  static NamedTensors state_tensors(const State& st) {
+    return {{"phase", st.phase()}, {"step", st.step()}};
+  }
+};
+}  // namespace inna_fused_test
+
 namespace {
 
-struct Failure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) throw Failure(what);
-}
+using namespace inna_fused_test;
 
 // ---- Eq. (12), one parameter, in double --------------------------------------------------------
 
@@ -65,11 +67,6 @@ void eq12_step(Eq12Param& p, const std::vector<double>& grad, const INNAOptions&
   ++p.k;
 }
 
-std::vector<double> to_doubles(const torch::Tensor& t) {
-  auto d = t.detach().to(torch::kDouble).contiguous().cpu();
-  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
-}
-
 Eq12Param eq12_from(const torch::Tensor& p) {
   return {to_doubles(p), std::vector<double>(p.numel(), 0.0), 0};
 }
@@ -95,36 +92,6 @@ void eq12_restart(Eq12Param& p, const torch::Tensor& theta, const INNAOptions& o
   }
 }
 
-// max |x − ref| / (atol + rtol·|ref|) over all elements; ≤ 1 passes.
-void expect_close(const torch::Tensor& actual, const std::vector<double>& ref, double atol,
-                  double rtol, const std::string& what) {
-  const auto got = to_doubles(actual);
-  expect(got.size() == ref.size(), what + ": size differs");
-  double worst = 0.0, worst_err = 0.0;
-  size_t where = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::abs(got[i] - ref[i]);
-    const double ratio = err / (atol + rtol * std::abs(ref[i]));
-    if (!(ratio <= worst)) {  // also catches NaN
-      worst = ratio;
-      worst_err = err;
-      where = i;
-    }
-  }
-  std::ostringstream msg;
-  msg << what << ": max abs error " << worst_err << " at [" << where << "] (got " << got[where]
-      << ", eq. (12) " << ref[where] << ", atol " << atol << ", rtol " << rtol << ")";
-  expect(worst <= 1.0, msg.str());
-}
-
-void expect_equal(const torch::Tensor& a, const torch::Tensor& b, const std::string& what) {
-  expect(a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes(),
-         what + ": dtype/shape differ");
-  expect(torch::equal(a, b), what + ": not bitwise equal (max abs diff " +
-                                 std::to_string((a.to(torch::kDouble) - b.to(torch::kDouble))
-                                                    .abs().max().item<double>()) + ")");
-}
-
 // The options the comparisons sweep: both ψ inits × no/coupled/decoupled weight decay ×
 // constant/decaying steps × minimize/maximize.
 std::vector<std::pair<std::string, INNAOptions>> option_sweep() {
@@ -148,16 +115,6 @@ std::vector<std::pair<std::string, INNAOptions>> option_sweep() {
   return sweep;
 }
 
-const INNAParamState& state_of(INNA& opt, const torch::Tensor& p) {
-  return static_cast<const INNAParamState&>(*opt.state().at(p.unsafeGetTensorImpl()));
-}
-
-// A fresh gradient for step `step` of param `index`, the same for every run with the same seed.
-torch::Tensor grad_for(const torch::Tensor& p, int step, int index) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 * step + index);
-  return torch::randn(p.sizes(), gen, torch::kDouble).to(p.scalar_type());
-}
-
 // ---- Cases ---------------------------------------------------------------------------------------
 
 // INNA on float64 params against eq. (12) in double, 6 steps, every option combination.
@@ -168,13 +125,9 @@ void optimizer_matches_eq12_float64() {
                                          torch::randn({5}, torch::kDouble)};
     std::vector<Eq12Param> ref = {eq12_from(params[0]), eq12_from(params[1])};
     INNA opt(params, options);
-    for (int step = 0; step < 6; ++step) {
-      for (size_t i = 0; i < params.size(); ++i) {
-        params[i].mutable_grad() = grad_for(params[i], step, i);
-        eq12_step(ref[i], to_doubles(params[i].grad()), options);
-      }
-      opt.step();
-    }
+    step_with_reference<Eq12Param>(opt, params, ref, 0, 6, [&](Eq12Param& r, const torch::Tensor& g) {
+      eq12_step(r, to_doubles(g), options);
+    });
     for (size_t i = 0; i < params.size(); ++i) {
       const auto& st = state_of(opt, params[i]);
       expect_close(params[i], ref[i].theta, 1e-12, 1e-12, name + " theta[" + std::to_string(i) + "]");
@@ -190,9 +143,7 @@ void optimizer_matches_eq12_float64() {
 // (θ is rounded to its dtype after each step; the restart keeps its phase), so θ may differ by
 // that rounding plus float32 arithmetic, and the phase (float32) by float32 arithmetic only.
 void optimizer_matches_eq12_low_precision() {
-  struct Case { torch::ScalarType dtype; double theta_rtol; };
-  for (const auto& c : {Case{torch::kFloat, 1e-6}, Case{torch::kHalf, 1e-3},
-                        Case{torch::kBFloat16, 8e-3}}) {
+  for (const auto& c : low_precision_cases()) {
     for (auto [name, options] : option_sweep()) {
       options.stochastic_rounding(false);
       torch::manual_seed(2);
@@ -255,111 +206,55 @@ void optimizer_matches_op_called_directly() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("inna_fused::fused_inna_", "").typed<Signature>();
   torch::manual_seed(3);
-  std::vector<std::vector<torch::Tensor>> groups = {
-      {torch::randn({70000}), torch::randn({33}).to(torch::kBFloat16), torch::randn({2, 3}),
-       torch::randn({9}).to(torch::kBFloat16)},
-      {torch::randn({4, 5}, torch::kDouble)},
-      {torch::randn({50}), torch::randn({20}).to(torch::kBFloat16), torch::randn({7}, torch::kDouble)}};
-  const std::vector<INNAOptions> options = {
-      INNAOptions(0.1).decaypower(0.25).weight_decay(0.01),
-      INNAOptions(0.02).alpha(1.3).psi_init("zero").maximize(true),
-      INNAOptions(0.05).state_dtype(torch::kBFloat16).seed(7).decoupled_weight_decay(true)
-          .weight_decay(0.1)};
-
-  // The direct calls' own copies and state: one set of lists per (group, dtype). `slot` says, for
-  // every param in order, which lists hold its copy and where.
-  struct Direct {
-    size_t group;
-    torch::ScalarType dtype;
-    std::vector<at::Tensor> params, phases, grads, steps;
-  };
-  std::vector<Direct> direct;
-  std::vector<std::pair<size_t, size_t>> slot;
-  for (size_t g = 0; g < groups.size(); ++g) {
-    for (const auto& p : groups[g]) {
-      size_t d = 0;
-      while (d < direct.size() && !(direct[d].group == g && direct[d].dtype == p.scalar_type())) ++d;
-      if (d == direct.size()) direct.push_back(Direct{g, p.scalar_type(), {}, {}, {}, {}});
-      slot.emplace_back(d, direct[d].params.size());
-      direct[d].params.push_back(p.clone());
-      direct[d].phases.push_back(torch::zeros_like(
-          p, torch::dtype(inna_fused::resolve_state_dtype(options[g].state_dtype(), p.scalar_type()))));
-      direct[d].steps.push_back(torch::zeros({}, torch::kFloat));
-    }
-  }
-  expect(direct.size() == 6, "test bug: expected six (group, dtype) lists");
-
-  std::vector<torch::optim::OptimizerParamGroup> param_groups;
-  for (size_t g = 0; g < groups.size(); ++g) {
-    param_groups.emplace_back(groups[g], std::make_unique<INNAOptions>(options[g]));
-  }
-  INNA opt(param_groups);
-
-  for (int step = 0; step < 5; ++step) {
-    for (auto& d : direct) d.grads.clear();
-    size_t index = 0;
-    for (auto& group : groups) {
-      for (auto& p : group) {
-        p.mutable_grad() = grad_for(p, step, index);
-        direct[slot[index].first].grads.push_back(p.grad().clone());
-        ++index;
-      }
-    }
-    opt.step();
-    for (auto& d : direct) {
-      const auto& o = options[d.group];
-      op.call(d.params, d.grads, d.phases, d.steps, o.lr(), o.alpha(), o.beta(), o.decaypower(),
-              o.weight_decay(), o.decoupled_weight_decay(), o.psi_init() == PsiInit::Paper,
-              o.maximize(), o.stochastic_rounding(), o.seed(), std::nullopt, std::nullopt);
-    }
-  }
-  size_t index = 0;
-  for (auto& group : groups) {
-    for (auto& p : group) {
-      const auto [d, i] = slot[index++];
-      const auto label = "param of shape " + c10::str(p.sizes()) + " " + c10::toString(p.scalar_type());
-      expect_equal(p, direct[d].params[i], label);
-      expect_equal(state_of(opt, p).phase(), direct[d].phases[i], label + " phase");
-      expect_equal(state_of(opt, p).step(), direct[d].steps[i], label + " step");
-    }
-  }
+  check_matches_op_called_directly<INNA>(
+      {{torch::randn({70000}), torch::randn({33}).to(torch::kBFloat16), torch::randn({2, 3}),
+        torch::randn({9}).to(torch::kBFloat16)},
+       {torch::randn({4, 5}, torch::kDouble)},
+       {torch::randn({50}), torch::randn({20}).to(torch::kBFloat16),
+        torch::randn({7}, torch::kDouble)}},
+      {INNAOptions(0.1).decaypower(0.25).weight_decay(0.01),
+       INNAOptions(0.02).alpha(1.3).psi_init("zero").maximize(true),
+       INNAOptions(0.05).state_dtype(torch::kBFloat16).seed(7).decoupled_weight_decay(true)
+           .weight_decay(0.1)},
+      6,
+      [](const torch::Tensor& p, const INNAOptions& o) -> std::vector<torch::Tensor> {
+        return {torch::zeros_like(p, torch::dtype(inna_fused::resolve_state_dtype(
+                                         o.state_dtype(), p.scalar_type()))),
+                torch::zeros({}, torch::kFloat)};
+      },
+      [&](std::vector<at::Tensor>& params, std::vector<at::Tensor>& grads,
+          std::vector<std::vector<at::Tensor>>& state, const INNAOptions& o) {
+        op.call(params, grads, state[0], state[1], o.lr(), o.alpha(), o.beta(), o.decaypower(),
+                o.weight_decay(), o.decoupled_weight_decay(), o.psi_init() == PsiInit::Paper,
+                o.maximize(), o.stochastic_rounding(), o.seed(), std::nullopt, std::nullopt);
+      });
 }
 
 // State as in the Python class: phase float32 for 16-bit params (param dtype otherwise), or
 // bfloat16 with state_dtype(bfloat16) (complex params: a real (..., 2) bfloat16 tensor); step a
 // float32 0-d tensor on the param's device counting the steps; no state for params without grad.
 void state_layout() {
- for (bool bf16_state : {false, true}) {
-  std::vector<torch::Tensor> params = {torch::randn({4}).to(torch::kHalf),
-                                       torch::randn({4}).to(torch::kBFloat16),
-                                       torch::randn({4}), torch::randn({4}, torch::kDouble),
-                                       torch::randn({3}, torch::kComplexFloat),
-                                       torch::randn({4})};
-  const auto untouched = params.back().clone();
-  INNA opt(params, bf16_state ? INNAOptions().state_dtype(torch::kBFloat16) : INNAOptions());
-  for (int step = 0; step < 3; ++step) {
-    for (size_t i = 0; i + 1 < params.size(); ++i) params[i].mutable_grad() = torch::randn_like(params[i]);
-    opt.step();
+  for (bool bf16_state : {false, true}) {
+    std::vector<torch::Tensor> params = {torch::randn({4}).to(torch::kHalf),
+                                         torch::randn({4}).to(torch::kBFloat16),
+                                         torch::randn({4}), torch::randn({4}, torch::kDouble),
+                                         torch::randn({3}, torch::kComplexFloat),
+                                         torch::randn({4})};
+    const torch::ScalarType phase_dtype[] = {torch::kFloat, torch::kFloat, torch::kFloat,
+                                             torch::kDouble, torch::kComplexFloat};
+    check_state_layout<INNA>(
+        params, bf16_state ? INNAOptions().state_dtype(torch::kBFloat16) : INNAOptions(),
+        [&](const INNAParamState& st, size_t i) {
+          const auto which = std::string(bf16_state ? "bfloat16 " : "") + "phase of param " +
+                             std::to_string(i);
+          expect(st.phase().scalar_type() == (bf16_state ? torch::kBFloat16 : phase_dtype[i]),
+                 which + ": dtype " + c10::toString(st.phase().scalar_type()));
+          auto shape = params[i].sizes().vec();
+          if (bf16_state && params[i].is_complex()) shape.push_back(2);
+          expect(st.phase().sizes() == shape, which + ": shape");
+          if (bf16_state) expect(st.phase().element_size() == 2, which + ": not 2 bytes per element");
+        });
   }
-  const torch::ScalarType phase_dtype[] = {torch::kFloat, torch::kFloat, torch::kFloat,
-                                           torch::kDouble, torch::kComplexFloat};
-  for (size_t i = 0; i + 1 < params.size(); ++i) {
-    const auto& st = state_of(opt, params[i]);
-    const auto which = std::string(bf16_state ? "bfloat16 " : "") + "phase of param " + std::to_string(i);
-    expect(st.phase().scalar_type() == (bf16_state ? torch::kBFloat16 : phase_dtype[i]),
-           which + ": dtype " + c10::toString(st.phase().scalar_type()));
-    auto shape = params[i].sizes().vec();
-    if (bf16_state && params[i].is_complex()) shape.push_back(2);
-    expect(st.phase().sizes() == shape, which + ": shape");
-    if (bf16_state) expect(st.phase().element_size() == 2, which + ": not 2 bytes per element");
-    expect(st.step().scalar_type() == torch::kFloat && st.step().dim() == 0 &&
-               st.step().device() == params[i].device(), "step is not a float32 0-d tensor");
-    expect(st.step().item<double>() == 3.0, "step count is not 3");
-  }
-  expect(opt.state().count(params.back().unsafeGetTensorImpl()) == 0,
-         "a param without grad got state");
-  expect_equal(params.back(), untouched, "param without grad");
- }
 }
 
 // Complex params are updated as real views: same result as the float32 view updated directly.
@@ -381,64 +276,14 @@ void complex_params_as_real_views() {
 }
 
 // torch::save after 3 steps, torch::load into a new optimizer over new params, 3 more steps: identical to 6
-// uninterrupted steps. Options travel with the archive.
+// uninterrupted steps. Options travel with the archive. Two groups (see test_support.h), one with
+// a bfloat16 phase and stochastic rounding, one with a float64 phase.
 void serialize_load_continues_identically() {
-  const auto options0 = INNAOptions(0.05).decaypower(0.5).weight_decay(0.2)
-                            .decoupled_weight_decay(true).psi_init("zero")
-                            .state_dtype(torch::kBFloat16).seed(123);
-  const auto options1 = INNAOptions(0.01).alpha(0.9).beta(0.3).maximize(true)
-                            .stochastic_rounding(false).state_dtype(torch::kDouble);
-  auto make = [&](std::vector<torch::Tensor> a, std::vector<torch::Tensor> b, bool with_options) {
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    if (with_options) {
-      groups.emplace_back(std::move(a), std::make_unique<INNAOptions>(options0));
-      groups.emplace_back(std::move(b), std::make_unique<INNAOptions>(options1));
-    } else {
-      groups.emplace_back(std::move(a));
-      groups.emplace_back(std::move(b));
-    }
-    return std::make_unique<INNA>(groups);
-  };
-  torch::manual_seed(5);
-  std::vector<torch::Tensor> a = {torch::randn({3, 3}), torch::randn({5}).to(torch::kBFloat16)};
-  std::vector<torch::Tensor> b = {torch::randn({7}, torch::kDouble)};
-  std::vector<torch::Tensor> a2 = {a[0].clone(), a[1].clone()}, b2 = {b[0].clone()};
-  auto straight = make(a, b, true);
-  auto first = make(a2, b2, true);
-  auto set_grads = [](std::vector<torch::Tensor>& a, std::vector<torch::Tensor>& b, int step) {
-    int index = 0;
-    for (auto* ps : {&a, &b})
-      for (auto& p : *ps) p.mutable_grad() = grad_for(p, step, index++);
-  };
-  for (int step = 0; step < 3; ++step) {
-    set_grads(a, b, step);
-    straight->step();
-    set_grads(a2, b2, step);
-    first->step();
-  }
-  std::stringstream stream;
-  torch::save(*first, stream);
-  // New params (same values), a new optimizer with default options: load restores both.
-  std::vector<torch::Tensor> a3 = {a2[0].clone(), a2[1].clone()}, b3 = {b2[0].clone()};
-  auto resumed = make(a3, b3, false);
-  torch::load(*resumed, stream);
-  expect(static_cast<const INNAOptions&>(resumed->param_groups()[0].options()) == options0,
-         "group 0 options not restored");
-  expect(static_cast<const INNAOptions&>(resumed->param_groups()[1].options()) == options1,
-         "group 1 options not restored");
-  for (int step = 3; step < 6; ++step) {
-    set_grads(a, b, step);
-    straight->step();
-    set_grads(a3, b3, step);
-    resumed->step();
-  }
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs = {{a[0], a3[0]}, {a[1], a3[1]}, {b[0], b3[0]}};
-  for (size_t i = 0; i < pairs.size(); ++i) {
-    const auto label = "param " + std::to_string(i);
-    expect_equal(pairs[i].second, pairs[i].first, label);
-    expect_equal(state_of(*resumed, pairs[i].second).phase(), state_of(*straight, pairs[i].first).phase(), label + " phase");
-    expect_equal(state_of(*resumed, pairs[i].second).step(), state_of(*straight, pairs[i].first).step(), label + " step");
-  }
+  check_serialize_load_continues_identically<INNA>(
+      INNAOptions(0.05).decaypower(0.5).weight_decay(0.2).decoupled_weight_decay(true)
+          .psi_init("zero").state_dtype(torch::kBFloat16).seed(123),
+      INNAOptions(0.01).alpha(0.9).beta(0.3).maximize(true).stochastic_rounding(false)
+          .state_dtype(torch::kDouble));
 }
 
 // An archive of the previous (ψ) format, written by hand in its layout: state `psi` and `step`,
@@ -467,48 +312,27 @@ void load_archive_of_psi_format() {
     real(params[i]).copy_(theta);
     ref[i].theta = to_doubles(real(params[i]));
   }
-  torch::serialize::OutputArchive archive;
-  archive.write("pytorch_version", c10::IValue("1.5.0"));
-  torch::serialize::OutputArchive state(archive.compilation_unit());
-  for (size_t i = 0; i < params.size(); ++i) {
-    torch::serialize::OutputArchive param_state(archive.compilation_unit());
-    auto psi = torch::tensor(ref[i].psi, torch::kDouble).view(real(params[i]).sizes());
-    if (params[i].scalar_type() == torch::kFloat) psi = psi.to(torch::kFloat);
-    ref[i].psi = to_doubles(psi);  // the transcription continues from ψ as stored
-    if (params[i].is_complex()) psi = torch::view_as_complex(psi);
-    param_state.write("psi", psi);
-    param_state.write("step", torch::full({}, 3.0f));
-    state.write(std::to_string(reinterpret_cast<size_t>(params[i].unsafeGetTensorImpl())),
-                param_state);
-  }
-  archive.write("state", state);
-  torch::serialize::OutputArchive groups(archive.compilation_unit());
-  groups.write("param_groups/size", torch::tensor(int64_t{1}));
-  torch::serialize::OutputArchive group(archive.compilation_unit());
-  group.write("params/size", torch::tensor(static_cast<int64_t>(params.size())));
-  for (size_t i = 0; i < params.size(); ++i) {
-    group.write("params/" + std::to_string(i),
-                c10::IValue(std::to_string(reinterpret_cast<size_t>(params[i].unsafeGetTensorImpl()))));
-  }
-  torch::serialize::OutputArchive old_options(archive.compilation_unit());
-  old_options.write("lr", options.lr());
-  old_options.write("alpha", options.alpha());
-  old_options.write("beta", options.beta());
-  old_options.write("decaypower", options.decaypower());
-  old_options.write("weight_decay", options.weight_decay());
-  old_options.write("decoupled_weight_decay", options.decoupled_weight_decay());
-  old_options.write("maximize", options.maximize());
-  old_options.write("psi_init", c10::IValue(std::string("paper")));
-  group.write("options", old_options);
-  groups.write("param_groups/0", group);
-  archive.write("param_groups", groups);
-  std::stringstream stream;
-  archive.save_to(stream);
-
   INNA opt(params, INNAOptions(1.0));
-  torch::serialize::InputArchive in;
-  in.load_from(stream);
-  opt.load(in);
+  load_handwritten_archive(
+      opt, params,
+      [&](size_t i, torch::serialize::OutputArchive& param_state) {
+        auto psi = torch::tensor(ref[i].psi, torch::kDouble).view(real(params[i]).sizes());
+        if (params[i].scalar_type() == torch::kFloat) psi = psi.to(torch::kFloat);
+        ref[i].psi = to_doubles(psi);  // the transcription continues from ψ as stored
+        if (params[i].is_complex()) psi = torch::view_as_complex(psi);
+        param_state.write("psi", psi);
+        param_state.write("step", torch::full({}, 3.0f));
+      },
+      [&](torch::serialize::OutputArchive& old_options) {
+        old_options.write("lr", options.lr());
+        old_options.write("alpha", options.alpha());
+        old_options.write("beta", options.beta());
+        old_options.write("decaypower", options.decaypower());
+        old_options.write("weight_decay", options.weight_decay());
+        old_options.write("decoupled_weight_decay", options.decoupled_weight_decay());
+        old_options.write("maximize", options.maximize());
+        old_options.write("psi_init", c10::IValue(std::string("paper")));
+      });
   expect(static_cast<const INNAOptions&>(opt.param_groups()[0].options()) == options,
          "options of the psi format not restored with the new options' defaults");
   for (size_t i = 0; i < params.size(); ++i) {
@@ -519,13 +343,9 @@ void load_archive_of_psi_format() {
     expect_close(real(st.phase()), eq12_phase(ref[i], options), f32 ? 2e-6 : 1e-12,
                  f32 ? 1e-6 : 1e-12, "converted phase of param " + std::to_string(i));
   }
-  for (int step = 3; step < 6; ++step) {
-    for (size_t i = 0; i < params.size(); ++i) {
-      params[i].mutable_grad() = grad_for(params[i], step, i);
-      eq12_step(ref[i], to_doubles(real(params[i].grad())), options);
-    }
-    opt.step();
-  }
+  step_with_reference<Eq12Param>(opt, params, ref, 3, 6, [&](Eq12Param& r, const torch::Tensor& g) {
+    eq12_step(r, to_doubles(real(g)), options);
+  });
   for (size_t i = 0; i < params.size(); ++i) {
     const bool f32 = params[i].scalar_type() == torch::kFloat;
     const auto label = "after load, param " + std::to_string(i);
@@ -572,20 +392,6 @@ void bf16_stochastic_rounding_trains() {
                                        " > 1.5 × float32's " + std::to_string(fp32));
 }
 
-template <typename Error>
-void expect_throws(const std::function<void()>& f, const std::string& must_mention,
-                   const std::string& what) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    expect(msg.find(must_mention) != std::string::npos,
-           what + ": message does not mention '" + must_mention + "': " + msg);
-    return;
-  }
-  throw Failure(what + ": no error of the expected type");
-}
-
 void bad_options_rejected() {
   auto p = torch::randn({3});
   using V = c10::ValueError;
@@ -618,13 +424,11 @@ void bad_options_rejected() {
   INNA({torch::randn({3}, torch::kDouble)}, INNAOptions().state_dtype(torch::kDouble));
   INNA({torch::randn({3}, torch::kDouble)}, INNAOptions().state_dtype(torch::kBFloat16));
   // A group's own options are checked too.
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(std::vector<torch::Tensor>{p}, std::make_unique<INNAOptions>(INNAOptions().beta(0.0)));
-  expect_throws<V>([&] { INNA{groups}; }, "beta", "group options");
+  expect_group_refused<INNA, V>(p, std::make_unique<INNAOptions>(INNAOptions().beta(0.0)), "beta",
+                                "group options");
   // Options of another optimizer are refused.
-  std::vector<torch::optim::OptimizerParamGroup> sgd_groups;
-  sgd_groups.emplace_back(std::vector<torch::Tensor>{p}, std::make_unique<torch::optim::SGDOptions>(0.1));
-  expect_throws<c10::TypeError>([&] { INNA{sgd_groups}; }, "another optimizer", "SGD options");
+  expect_group_refused<INNA, c10::TypeError>(p, std::make_unique<torch::optim::SGDOptions>(0.1),
+                                             "another optimizer", "SGD options");
 }
 
 // A problem anywhere (bad options of a later group, a bad grad in a later group) raises before
@@ -656,20 +460,12 @@ void bad_step_changes_nothing() {
   expect(opt.state().empty(), "state created by a refused step");
 
   opt.param_groups()[1].options().set_lr(0.1);
-  struct BadGrad { torch::Tensor grad; std::string mention; bool type_error; };
-  for (const auto& bad : {BadGrad{torch::randn({5}), "shape", false},
-                          BadGrad{torch::randn({4}, torch::kDouble), "dtype", true},
-                          BadGrad{torch::randn({4}).to_sparse(), "sparse", true}}) {
-    later.mutable_grad() = bad.grad;
-    if (bad.type_error) {
-      expect_throws<c10::TypeError>([&] { opt.step(); }, bad.mention, "grad with bad " + bad.mention);
-    } else {
-      expect_throws<c10::ValueError>([&] { opt.step(); }, bad.mention, "grad with bad " + bad.mention);
-    }
+  auto unchanged = [&](const std::string&) {
     expect_equal(good, good0, "first group's param after a refused step");
     expect_equal(later, later0, "second group's param after a refused step");
     expect(opt.state().empty(), "state created by a refused step");
-  }
+  };
+  expect_bad_grads_refused(opt, later, unchanged);
   // A state_dtype that does not fit a param, set after construction: refused before any write,
   // in step() (a later group) and in add_param_group.
   later.mutable_grad() = torch::randn({4});
@@ -677,9 +473,7 @@ void bad_step_changes_nothing() {
   expect_throws<c10::ValueError>([&] { opt.step(); }, "state_dtype", "float64 state for float32 params");
   static_cast<INNAOptions&>(opt.param_groups()[1].options()).state_dtype(torch::kHalf);
   expect_throws<c10::ValueError>([&] { opt.step(); }, "state_dtype", "float16 state");
-  expect_equal(good, good0, "first group's param after a refused step");
-  expect_equal(later, later0, "second group's param after a refused step");
-  expect(opt.state().empty(), "state created by a refused step");
+  unchanged("float16 state");
   static_cast<INNAOptions&>(opt.param_groups()[1].options()).state_dtype(std::nullopt);
   expect_throws<c10::ValueError>(
       [&] {
@@ -690,10 +484,7 @@ void bad_step_changes_nothing() {
       "state_dtype", "add_param_group with float32 state for a float64 param");
   expect(opt.param_groups().size() == 2, "a refused group was added");
 
-  auto int_param = torch::ones({2}, torch::kInt);
-  int_param.mutable_grad() = torch::ones({2}, torch::kInt);
-  INNA int_opt({int_param});
-  expect_throws<c10::TypeError>([&] { int_opt.step(); }, "dtype", "integer param");
+  expect_integer_param_refused<INNA>();
 }
 
 // step(closure) evaluates the closure with grad mode on and returns its loss; set_lr (what LR
@@ -724,15 +515,12 @@ void closure_and_set_lr() {
 
 // Linking the library registers both overloads of the op with a CPU kernel.
 void op_is_registered_for_cpu() {
-  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("inna_fused::fused_inna_", "");
-  expect(op.hasKernelForDispatchKey(c10::DispatchKey::CPU), "no CPU kernel registered");
-  auto op_tensor_lr = c10::Dispatcher::singleton().findSchemaOrThrow("inna_fused::fused_inna_", "tensor_lr");
-  expect(op_tensor_lr.hasKernelForDispatchKey(c10::DispatchKey::CPU), "no CPU kernel for tensor_lr");
+  expect_op_registered_for_cpu("inna_fused::fused_inna_");
   expect(!inna_fused::cpu_simd_level().empty(), "cpu_simd_level is empty");
 }
 
-const std::vector<std::pair<std::string, std::function<void()>>>& cases() {
-  static const std::vector<std::pair<std::string, std::function<void()>>> all = {
+const Cases& cases() {
+  static const Cases all = {
       {"optimizer_matches_eq12_float64", optimizer_matches_eq12_float64},
       {"optimizer_matches_eq12_low_precision", optimizer_matches_eq12_low_precision},
       {"optimizer_matches_eq12_bf16_state", optimizer_matches_eq12_bf16_state},
@@ -752,28 +540,4 @@ const std::vector<std::pair<std::string, std::function<void()>>>& cases() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc == 2 && std::string(argv[1]) == "--list") {
-    for (const auto& [name, fn] : cases()) std::cout << name << "\n";
-    return 0;
-  }
-  int passed = 0, failed = 0, selected = 0;
-  for (const auto& [name, fn] : cases()) {
-    if (argc == 2 && name != argv[1]) continue;
-    ++selected;
-    try {
-      fn();
-      ++passed;
-      std::cout << "PASS " << name << std::endl;
-    } catch (const std::exception& e) {
-      ++failed;
-      std::cout << "FAIL " << name << ": " << e.what() << std::endl;
-    }
-  }
-  if (selected == 0) {
-    std::cerr << "no test case named '" << argv[1] << "' (see --list)\n";
-    return 2;
-  }
-  std::cout << passed << " passed, " << failed << " failed" << std::endl;
-  return failed == 0 ? 0 : 1;
-}
+int main(int argc, char** argv) { return inna_fused_test::run_cases(argc, argv, cases()); }
