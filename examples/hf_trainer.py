@@ -1,8 +1,10 @@
-"""INNA in Hugging Face transformers' Trainer, on a tiny randomly initialised GPT-2 (no download).
+"""INNA (or INNAprop) in Hugging Face transformers' Trainer, on a tiny randomly initialised GPT-2
+(no download).
 
     python examples/hf_trainer.py --output-dir /tmp/inna_hf --max-steps 20 --save-steps 10
     python examples/hf_trainer.py --output-dir /tmp/inna_hf --max-steps 20 --save-steps 10 \
         --resume-from-checkpoint /tmp/inna_hf/checkpoint-10
+    python examples/hf_trainer.py --optimizer innaprop --output-dir /tmp/innaprop_hf
 
 Trainer takes the optimizer class and its kwargs (`optimizer_cls_and_kwargs`) and builds it on
 its own param groups (weight decay off for biases and LayerNorms, as with its own optimizers);
@@ -17,10 +19,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally
 
 import torch  # noqa: E402
 
-from inna_fused import INNA  # noqa: E402
+from inna_fused import INNA, INNAprop  # noqa: E402
 
 VOCAB, SEQ = 64, 16
 INNA_KWARGS = dict(lr=0.05, alpha=0.5, beta=0.1, decaypower=0.0)
+INNAPROP_KWARGS = dict(lr=1e-3, alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8)  # the authors'
+OPTIMIZERS = {"inna": (INNA, INNA_KWARGS), "innaprop": (INNAprop, INNAPROP_KWARGS)}
 
 
 def tiny_gpt2(seed=0):
@@ -39,9 +43,10 @@ def random_token_dataset(n=32, seed=1):
 
 
 def main(output_dir, max_steps=20, save_steps=10, resume_from_checkpoint=None, batch_size=4,
-         weight_decay=0.01, log=True):
+         weight_decay=0.01, log=True, optimizer="inna"):
     """Train (or resume) and return the Trainer; its `model` holds the trained weights."""
     from transformers import Trainer, TrainingArguments
+    cls, kwargs = OPTIMIZERS[optimizer]  # Trainer adds the groups' weight_decay (decoupled)
     args = TrainingArguments(
         output_dir=output_dir, max_steps=max_steps, save_steps=save_steps,
         per_device_train_batch_size=batch_size, weight_decay=weight_decay,
@@ -49,7 +54,7 @@ def main(output_dir, max_steps=20, save_steps=10, resume_from_checkpoint=None, b
         report_to=[], logging_steps=1 if log else max_steps, disable_tqdm=not log,
         dataloader_num_workers=0)
     trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=random_token_dataset(),
-                      optimizer_cls_and_kwargs=(INNA, dict(INNA_KWARGS)))
+                      optimizer_cls_and_kwargs=(cls, dict(kwargs)))
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
@@ -60,6 +65,8 @@ if __name__ == "__main__":
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--resume-from-checkpoint", default=None)
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="inna")
     a = parser.parse_args()
-    trainer = main(a.output_dir, a.max_steps, a.save_steps, a.resume_from_checkpoint)
+    trainer = main(a.output_dir, a.max_steps, a.save_steps, a.resume_from_checkpoint,
+                   optimizer=a.optimizer)
     print("optimizer:", type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__)

@@ -1,6 +1,7 @@
-"""INNA in Hugging Face transformers' Trainer (examples/hf_trainer.py): a tiny randomly
-initialised GPT-2 built from a config (no hub access), `optimizer_cls_and_kwargs=(INNA, ...)`;
-resuming from a saved checkpoint reaches the same params, bit for bit, as a straight run."""
+"""INNA and INNAprop in Hugging Face transformers' Trainer (examples/hf_trainer.py): a tiny
+randomly initialised GPT-2 built from a config (no hub access), `optimizer_cls_and_kwargs=(INNA,
+...)`; resuming from a saved checkpoint reaches the same params, bit for bit, as a straight
+run."""
 import importlib.util
 import os
 import pathlib
@@ -9,7 +10,12 @@ import shutil
 import pytest
 import torch
 
-from inna_fused import INNA
+from inna_fused import INNA, INNAprop
+
+# optimizer name: (class, its hyper-parameters as the example sets them, its state keys)
+OPTIMIZERS = {"inna": (INNA, dict(alpha=0.5, beta=0.1), {"step", "phase"}),
+              "innaprop": (INNAprop, dict(alpha=0.1, beta=0.9, sigma=0.999),
+                           {"step", "phase", "exp_avg_sq"})}
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 MAX_STEPS, SAVE_STEPS = 4, 2
@@ -31,10 +37,16 @@ def hf_trainer():
         yield module
 
 
+@pytest.fixture(scope="module", params=list(OPTIMIZERS))
+def optimizer(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def straight(hf_trainer, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hf_straight")
-    trainer = hf_trainer.main(str(out), max_steps=MAX_STEPS, save_steps=SAVE_STEPS, log=False)
+def straight(hf_trainer, optimizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"hf_straight_{optimizer}")
+    trainer = hf_trainer.main(str(out), max_steps=MAX_STEPS, save_steps=SAVE_STEPS, log=False,
+                              optimizer=optimizer)
     return trainer, out
 
 
@@ -42,21 +54,22 @@ def unwrap(optimizer):
     return getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
 
 
-def test_trainer_uses_inna_with_its_param_groups(straight):
+def test_trainer_uses_the_optimizer_with_its_param_groups(straight, optimizer):
     trainer, out = straight
+    cls, hyper, state_keys = OPTIMIZERS[optimizer]
     opt = unwrap(trainer.optimizer)
-    assert type(opt) is INNA
+    assert type(opt) is cls
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.01}
-    assert all(g["alpha"] == 0.5 and g["beta"] == 0.1 for g in opt.param_groups)
+    assert all(g[k] == v for g in opt.param_groups for k, v in hyper.items())
     p = next(trainer.model.parameters())
-    assert set(opt.state[p]) == {"step", "phase"} and float(opt.state[p]["step"]) == MAX_STEPS
+    assert set(opt.state[p]) == state_keys and float(opt.state[p]["step"]) == MAX_STEPS
     assert (out / f"checkpoint-{SAVE_STEPS}" / "optimizer.pt").is_file()
 
 
-def test_resume_from_checkpoint_matches_straight_run(straight, hf_trainer, tmp_path):
+def test_resume_from_checkpoint_matches_straight_run(straight, hf_trainer, optimizer, tmp_path):
     trainer, out = straight
     resumed = hf_trainer.main(str(tmp_path / "resumed"), max_steps=MAX_STEPS,
-                              save_steps=SAVE_STEPS, log=False,
+                              save_steps=SAVE_STEPS, log=False, optimizer=optimizer,
                               resume_from_checkpoint=str(out / f"checkpoint-{SAVE_STEPS}"))
     want = dict(trainer.model.named_parameters())
     for name, got in resumed.model.named_parameters():
@@ -65,14 +78,16 @@ def test_resume_from_checkpoint_matches_straight_run(straight, hf_trainer, tmp_p
     assert float(opt.state[p]["step"]) == MAX_STEPS
 
 
-def test_resume_without_optimizer_state_differs(straight, hf_trainer, tmp_path):
-    # The control: the match above is due to INNA's restored phase, not to the model weights alone.
+def test_resume_without_optimizer_state_differs(straight, hf_trainer, optimizer, tmp_path):
+    # The control: the match above is due to the restored optimizer state, not to the model
+    # weights alone.
     trainer, out = straight
     ckpt = tmp_path / "ckpt"
     shutil.copytree(out / f"checkpoint-{SAVE_STEPS}", ckpt)
     os.remove(ckpt / "optimizer.pt")
     resumed = hf_trainer.main(str(tmp_path / "resumed"), max_steps=MAX_STEPS,
-                              save_steps=MAX_STEPS, log=False, resume_from_checkpoint=str(ckpt))
+                              save_steps=MAX_STEPS, log=False, optimizer=optimizer,
+                              resume_from_checkpoint=str(ckpt))
     want = dict(trainer.model.named_parameters())
     assert any(not torch.equal(got, want[name])
                for name, got in resumed.model.named_parameters())
