@@ -1,14 +1,17 @@
 """INNA in Lightning: returned by configure_optimizers, and chosen on the LightningCLI command line
 with --optimizer=inna_fused.INNA --optimizer.lr=..., as the README shows ("Using INNA with timm,
-HF Trainer, Lightning and DCP"). Both must train exactly like a plain loop with the same INNA."""
+HF Trainer, Lightning and DCP"), INNAprop likewise. Both must train exactly like a plain loop with
+the same optimizer."""
 import sys
 
 import pytest
 import torch
 
-from inna_fused import INNA
+from inna_fused import INNA, INNAprop
 
 HYPER = dict(lr=0.05, alpha=0.5, beta=0.1)
+PROP_HYPER = dict(lr=0.01, alpha=0.1, beta=0.9, sigma=0.99)
+OPTIMIZERS = {"INNA": (INNA, HYPER), "INNAprop": (INNAprop, PROP_HYPER)}
 STEPS = 4
 # Lightning's and jsonargparse's own deprecation notices, not about INNA.
 pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),
@@ -36,9 +39,9 @@ def net():
     return torch.nn.Linear(4, 1)
 
 
-def plain_loop():
+def plain_loop(cls=INNA, hyper=HYPER):
     model = net()
-    opt = INNA(model.parameters(), **HYPER)
+    opt = cls(model.parameters(), **hyper)
     x, y = data()
     for i in range(STEPS):
         xb, yb = x[8 * i:8 * i + 8], y[8 * i:8 * i + 8]
@@ -83,20 +86,22 @@ def test_configure_optimizers(L):
     assert_same_params(model.net, plain_loop())
 
 
-def test_lightning_cli_optimizer_flag(L, monkeypatch):
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_lightning_cli_optimizer_flag(L, monkeypatch, name):
     monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own flags are not the CLI's
     pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse[signatures]")
     cli_module = pytest.importorskip("lightning.pytorch.cli")
     Regression, _ = module_classes(L)
-    args = ["fit", "--optimizer=inna_fused.INNA"]
-    args += [f"--optimizer.{k}={v}" for k, v in HYPER.items()]
+    cls, hyper = OPTIMIZERS[name]
+    args = ["fit", f"--optimizer=inna_fused.{name}"]
+    args += [f"--optimizer.{k}={v}" for k, v in hyper.items()]
     args += ["--optimizer.state_dtype=torch.float32"]  # a torch.dtype parses from the command line
     args += [f"--trainer.{k}={str(v).lower() if isinstance(v, bool) else v}"
              for k, v in TRAINER_FLAGS.items()]
     cli = cli_module.LightningCLI(Regression, args=args, save_config_callback=None,
                                   seed_everything_default=False)
     opt = cli.trainer.optimizers[0]
-    assert type(opt) is INNA
-    assert all(opt.param_groups[0][k] == v for k, v in HYPER.items())
+    assert type(opt) is cls
+    assert all(opt.param_groups[0][k] == v for k, v in hyper.items())
     assert opt.param_groups[0]["state_dtype"] is torch.float32  # as None gives float32 params
-    assert_same_params(cli.model.net, plain_loop())
+    assert_same_params(cli.model.net, plain_loop(cls, hyper))
