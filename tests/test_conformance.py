@@ -311,16 +311,23 @@ def test_complex_params_match_their_real_view(impl, config):
 # torch.optim's exception types and words (code written against torch.optim matches on them);
 # INNA's detail follows torch's words.
 
-def test_errors_use_torch_words():
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_errors_use_torch_words(cls):
     p = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="^Tensor lr must be 1-element"):
-        INNA([p], lr=torch.tensor([0.1, 0.2]))
+        cls([p], lr=torch.tensor([0.1, 0.2]))
     with pytest.raises(ValueError, match="^Invalid learning rate: -0.1"):
-        INNA([p], lr=-0.1)
+        cls([p], lr=-0.1)
     with pytest.raises(ValueError, match="^Invalid weight_decay value: -0.5"):
-        INNA([p], weight_decay=-0.5)
+        cls([p], weight_decay=-0.5)
     with pytest.raises(RuntimeError, match="^`fused` and `foreach` cannot be `True` together.$"):
-        INNA([p], fused=True, foreach=True)
+        cls([p], fused=True, foreach=True)
+    if cls is INNAprop:
+        with pytest.raises(ValueError, match="^Invalid epsilon value: -1e-08"):
+            cls([p], eps=-1e-8)  # torch's Adam's words
+        with pytest.raises(ValueError, match="^Invalid epsilon value: -1e-08"):
+            torch.optim.Adam([p], eps=-1e-8)
+        return
     # The same words as torch's own optimizers:
     for torch_opt in (torch.optim.SGD, torch.optim.Adam):
         with pytest.raises(ValueError, match="^Invalid learning rate: -0.1$"):
@@ -341,11 +348,12 @@ FUSED_WORDS = ("`fused=True` requires all the params to be floating point Tensor
 
 
 @requires_cpu_kernel
-def test_fused_true_with_unsupported_param_uses_torch_words():
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_fused_true_with_unsupported_param_uses_torch_words(cls):
     good = torch.nn.Parameter(torch.zeros(3))
     bad = torch.zeros(3, dtype=torch.float8_e4m3fn)
     with pytest.raises(RuntimeError) as info:
-        INNA([{"params": [good]}, {"params": [good.detach().clone(), bad]}], fused=True)
+        cls([{"params": [good]}, {"params": [good.detach().clone(), bad]}], fused=True)
     message = str(info.value)
     assert message.startswith(FUSED_WORDS), message
     assert "but torch.float8_e4m3fn and cpu" in message
@@ -357,7 +365,7 @@ def test_fused_true_with_unsupported_param_uses_torch_words():
     with pytest.raises(RuntimeError, match="^" + FUSED_WORDS.replace("`", ".")):
         adam.step()
     # A rejected add_param_group adds nothing.
-    opt = INNA([good], fused=True)
+    opt = cls([good], fused=True)
     with pytest.raises(RuntimeError, match="^" + FUSED_WORDS.replace("`", ".")):
         opt.add_param_group({"params": [bad]})
     assert len(opt.param_groups) == 1
