@@ -1,5 +1,6 @@
 """Shared by the reliability tests: strided views inside guarded buffers, a phase-form reference
-step, and the rounding error an INNA step may honestly have (to compare a fast path with it)."""
+step, and the rounding error an INNA or INNAprop step may honestly have (to compare a fast path
+with it)."""
 import math
 
 import torch
@@ -100,6 +101,33 @@ def error_bounds(theta, grad, phase, k, *, lr, alpha, beta, decay_power=0.0, wei
     phase_bound = 16 * u * (abs(1 - alpha * gamma) * w + abs(1 - alpha * beta) * gamma * drive)
     theta_bound = 16 * u * (th + gamma * (w + beta * v + weight_decay * th))
     return theta_bound, phase_bound
+
+
+def innaprop_error_bounds(theta, grad, phase, exp_avg_sq, k, *, lr, alpha, beta, sigma, eps,
+                          weight_decay, grad_factor=1.0):
+    """Per-element bounds on |fast − reference| for θ, the phase and exp_avg_sq after one INNAprop
+    step from (θ, g, w, v) (w and v unread when k = 0).
+
+    v ← σv + (1 − σ)g² and u = g/(√v/√(1 − σ^t) + ε) add up non-negative terms only, so both paths
+    get them within a few u (relative) of each other; u then drives INNA's phase update as its
+    gradient (γ = lr, decoupled decay on every step, w = 0 on the first): `error_bounds` with
+    |u|, plus u's own error carried into θ (by γβ) and into the phase (by (1 − αβ)γ). Add
+    `rounding_slack` for the final rounding into the storage dtype.
+    """
+    u = torch.finfo(default_phase_dtype(theta.dtype)).eps
+    g = _magnitude(grad) * abs(grad_factor)
+    v = (1 - sigma) * g * g
+    if k != 0:
+        v = v + sigma * _magnitude(exp_avg_sq)
+    bias = math.sqrt(1.0 - sigma ** (k + 1))
+    drive = torch.nan_to_num(g / (v.sqrt() / bias + eps), nan=0.0, posinf=0.0)  # |u|
+    w = _magnitude(phase) if k != 0 else torch.zeros_like(drive)
+    theta_bound, phase_bound = error_bounds(theta, drive, w, 1, lr=lr, alpha=alpha, beta=beta,
+                                            weight_decay=weight_decay,
+                                            decoupled_weight_decay=True, psi_init="zero")
+    theta_bound = theta_bound + 16 * u * lr * beta * drive
+    phase_bound = phase_bound + 16 * u * abs(1 - alpha * beta) * lr * drive
+    return theta_bound, phase_bound, 8 * u * v
 
 
 def rounding_slack(expected, dtype):
