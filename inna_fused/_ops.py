@@ -116,47 +116,50 @@ def build_info() -> dict:
     }
 
 
-def _fake_fused_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,
-                     decoupled_weight_decay, paper_init, maximize, stochastic_rounding=True,
-                     seed=0, grad_scale=None, found_inf=None):
-    # Shape- and device-level checks only; the real op validates values and memory. The device
-    # check also stops a list that mixes real tensors with a stray meta tensor: dispatch sends such
-    # a call here, and returning would silently skip the step.
+def _check_fake_lists(name, lists: dict, lr, grad_scale, found_inf) -> None:
+    """The fake impls' checks, shared by both ops: shape- and device-level only (the real ops
+    validate values and memory). `lists` maps list names to tensor lists, "params" first. The
+    device check also stops a call that mixes real tensors with a stray meta tensor (in a list,
+    or as lr, grad_scale or found_inf): dispatch sends such a call to the fake impl, and
+    returning would silently skip the step."""
+    params, phases = lists["params"], lists["phases"]
     n = len(params)
-    torch._check(len(phases) == n and len(grads) == n and len(steps) == n,
-                 lambda: "inna_fused::fused_inna_: lists must have equal lengths")
+    torch._check(all(len(tensors) == n for tensors in lists.values()),
+                 lambda: f"{name}: lists must have equal lengths")
     if n == 0:
-        return None
+        return
     device = params[0].device
-    lists = {"params": params, "phases": phases, "grads": grads, "steps": steps}
     for list_name, tensors in lists.items():
         for i, t in enumerate(tensors):
             torch._check_value(
                 t.device == device,
-                lambda: f"inna_fused::fused_inna_: {list_name}[{i}] is on {t.device} but params[0] "
-                        f"is on {device}")
+                lambda: f"{name}: {list_name}[{i}] is on {t.device} but params[0] is on {device}")
+            if list_name not in ("params", "steps"):
+                torch._check(t.shape == params[i].shape,
+                             lambda: f"{name}: {list_name}[{i}] shape differs from params[{i}]")
     for arg_name, t in (("lr", lr), ("grad_scale", grad_scale), ("found_inf", found_inf)):
         if isinstance(t, torch.Tensor):
-            cpu_allowed = arg_name == "lr"  # as in the op: a CPU lr serves any device
+            cpu_allowed = arg_name == "lr"  # as in the ops: a CPU lr serves any device
             torch._check_value(
                 t.device == device or (cpu_allowed and t.device.type == "cpu"),
-                lambda: f"inna_fused::fused_inna_: {arg_name} is on {t.device} but params are on "
-                        f"{device}")
+                lambda: f"{name}: {arg_name} is on {t.device} but params are on {device}")
     for i, (p, phase) in enumerate(zip(params, phases)):
         torch._check_type(
             p.dtype in PARAM_DTYPES,
-            lambda: f"inna_fused::fused_inna_: params[{i}] has dtype {p.dtype}; supported are "
+            lambda: f"{name}: params[{i}] has dtype {p.dtype}; supported are "
                     f"{dtype_names(PARAM_DTYPES)}")
         torch._check_type(
             phase.dtype in allowed_phase_dtypes(p.dtype),
-            lambda: f"inna_fused::fused_inna_: phases[{i}] has dtype {phase.dtype}, which cannot "
-                    f"hold the phase of a {p.dtype} param")
-    for i in range(n):
-        torch._check(grads[i].shape == params[i].shape,
-                     lambda: f"inna_fused::fused_inna_: grads[{i}] shape differs from params[{i}]")
-        torch._check(phases[i].shape == params[i].shape,
-                     lambda: f"inna_fused::fused_inna_: phases[{i}] shape differs from params[{i}]")
-    return None
+            lambda: f"{name}: phases[{i}] has dtype {phase.dtype}, which cannot hold the phase "
+                    f"of a {p.dtype} param")
+
+
+def _fake_fused_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,
+                     decoupled_weight_decay, paper_init, maximize, stochastic_rounding=True,
+                     seed=0, grad_scale=None, found_inf=None):
+    _check_fake_lists("inna_fused::fused_inna_",
+                      {"params": params, "phases": phases, "grads": grads, "steps": steps},
+                      lr, grad_scale, found_inf)
 
 
 if _C is not None:
@@ -167,34 +170,9 @@ if _C is not None:
 def _fake_fused_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, alpha, beta, sigma, eps,
                          weight_decay, maximize, stochastic_rounding=True, seed=0, grad_scale=None,
                          found_inf=None):
-    # Shape- and device-level checks only, as for fused_inna_.
-    name = INNAPROP_OP_NAME
-    n = len(params)
-    torch._check(len(phases) == n and len(grads) == n and len(exp_avg_sqs) == n
-                 and len(steps) == n, lambda: f"{name}: lists must have equal lengths")
-    if n == 0:
-        return None
-    device = params[0].device
-    lists = {"params": params, "grads": grads, "phases": phases, "exp_avg_sqs": exp_avg_sqs,
-             "steps": steps}
-    for list_name, tensors in lists.items():
-        for i, t in enumerate(tensors):
-            torch._check_value(
-                t.device == device,
-                lambda: f"{name}: {list_name}[{i}] is on {t.device} but params[0] is on {device}")
-            if list_name != "steps":
-                torch._check(t.shape == params[i].shape,
-                             lambda: f"{name}: {list_name}[{i}] shape differs from params[{i}]")
-    for i, (p, phase) in enumerate(zip(params, phases)):
-        torch._check_type(
-            p.dtype in PARAM_DTYPES,
-            lambda: f"{name}: params[{i}] has dtype {p.dtype}; supported are "
-                    f"{dtype_names(PARAM_DTYPES)}")
-        torch._check_type(
-            phase.dtype in allowed_phase_dtypes(p.dtype),
-            lambda: f"{name}: phases[{i}] has dtype {phase.dtype}, which cannot hold the phase "
-                    f"of a {p.dtype} param")
-    return None
+    _check_fake_lists(INNAPROP_OP_NAME, {"params": params, "grads": grads, "phases": phases,
+                                         "exp_avg_sqs": exp_avg_sqs, "steps": steps},
+                      lr, grad_scale, found_inf)
 
 
 if op_available(INNAPROP_OP_NAME):

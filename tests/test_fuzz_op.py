@@ -438,12 +438,11 @@ def run_case(seed, op_threads, algorithm="inna"):
 
 
 @requires_cpu_kernel
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: inna_fused/_ops.py _fake_fused_innaprop lacks _fake_fused_inna's device check of "
-    "lr/grad_scale/found_inf, so a meta one among CPU lists dispatches to the fake and the step "
-    "silently does nothing (the fuzz finds it from INNA_FUZZ_CASES=366: seed 365, grad-scale)"))
 @pytest.mark.parametrize("arg", ["lr", "grad_scale", "found_inf"])
 def test_innaprop_stray_meta_scalar_raises(arg):
+    """Found by the fuzz (seed 365): a meta lr/grad_scale/found_inf among CPU lists dispatches to
+    the op's fake impl, which once returned without a word (the step silently skipped); it now
+    checks their devices as INNA's does (inna_fused._ops._check_fake_lists)."""
     entry = fresh_entry(torch.float32, (5,), 0, exp_avg_sq=True)
     case = dict(algorithm="innaprop", lists=INNAPROP_LISTS, defect=f"{arg}-meta",
                 hyper=random_innaprop_hyper(random.Random(0)),
