@@ -111,6 +111,8 @@ def build_info() -> dict:
         "load_error": _LOAD_ERROR,
         "cpu_kernel": kernel_available("cpu"),
         "cuda_kernel": kernel_available("cuda"),
+        "innaprop_cpu_kernel": op_kernel_available(INNAPROP_OP_NAME, "cpu"),
+        "innaprop_cuda_kernel": op_kernel_available(INNAPROP_OP_NAME, "cuda"),
         "cuda_compiled": bool(_C is not None and _C.cuda_compiled()),
         "cpu_simd": _C.cpu_simd_level() if _C is not None else None,
     }

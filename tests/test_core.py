@@ -466,3 +466,5 @@ def test_build_info_reports_kernels():
     info = inna_fused.build_info()
     assert info["loaded"] == (inna_fused.load_error() is None)
     assert info["cpu_kernel"] == inna_fused.kernel_available("cpu")
+    assert info["innaprop_cpu_kernel"] == inna_fused.innaprop_functional.fused_available("cpu")
+    assert info["innaprop_cuda_kernel"] == inna_fused.innaprop_functional.fused_available("cuda")
