@@ -37,33 +37,54 @@ struct EmulationStats {
 
 thread_local EmulationStats emulation_stats;
 
-template <typename scalar_t, typename phase_t, bool kLargeMetadata>
-void emulate_typed(const InnaLists& lists, const InnaHyper& h) {
-  const InnaScalars scalars = make_scalars(h, lists.params[0].device());
-  std::vector<TensorEntry<kInnaDepth>> entries;
+// One emulated fused step (the emulated counterpart of cuda/launch.cuh's launch_fused):
+// `Functor<param type, phase type>` over the entries `collect` gathers, with the scalars
+// `make_scalars` builds; the statistics go to emulation_stats.
+template <template <typename, typename> class Functor, int Depth, bool kLargeMetadata,
+          typename MakeScalars, typename Collect>
+void emulate_fused(const InnaLists& lists, const InnaHyper& h, MakeScalars make_scalars,
+                   Collect collect) {
+  const auto scalars = make_scalars(h, lists.params[0].device());
+  std::vector<TensorEntry<Depth>> entries;
   std::vector<TaggedStep> late_steps;
-  collect_inna_entries(lists, entries, late_steps);
+  collect(lists, entries, late_steps);
   EmulationStats& stats = emulation_stats;
-  stats.launch = launch_all<kLargeMetadata>(
-      entries, late_steps,
-      [&](const auto& meta, int64_t blocks, int block_size) {
-        emulate_main_launch<InnaFunctor<scalar_t, phase_t>>(
-            meta, blocks, block_size, scalars, [&](int64_t, int thread, int32_t path) {
-              if (thread == 0) {
-                stats.vector_blocks += path == kVectorPath;
-                stats.scalar_blocks += path == kScalarPath;
-                stats.skipped_blocks += path == kSkipped;
-              }
-            });
-      },
-      [&](const StepMeta& meta) { emulate_step_launch(meta, scalars.found_inf); });
+  dispatch_dtypes(lists, [&](auto p, auto s) {
+    using F = Functor<typename decltype(p)::type, typename decltype(s)::type>;
+    stats.launch = launch_all<kLargeMetadata>(
+        entries, late_steps,
+        [&](const auto& meta, int64_t blocks, int block_size) {
+          emulate_main_launch<F>(
+              meta, blocks, block_size, scalars, [&](int64_t, int thread, int32_t path) {
+                if (thread == 0) {
+                  stats.vector_blocks += path == kVectorPath;
+                  stats.scalar_blocks += path == kScalarPath;
+                  stats.skipped_blocks += path == kSkipped;
+                }
+              });
+        },
+        [&](const StepMeta& meta) { emulate_step_launch(meta, scalars.found_inf); });
+  });
+}
+
+// The statistics of the last emulated call, in the order the ops return them.
+std::vector<int64_t> stats_vector() {
+  const EmulationStats& s = emulation_stats;
+  return {s.launch.main_launches, s.launch.large_launches, s.launch.step_launches,
+          s.launch.blocks,        s.launch.small_block_launches, s.vector_blocks,
+          s.scalar_blocks,        s.skipped_blocks};
 }
 
 template <bool kLargeMetadata>
 void emulated_kernel(const InnaLists& lists, const InnaHyper& h) {
-  dispatch_dtypes(lists, [&](auto p, auto s) {
-    emulate_typed<typename decltype(p)::type, typename decltype(s)::type, kLargeMetadata>(lists, h);
-  });
+  emulate_fused<InnaFunctor, kInnaDepth, kLargeMetadata>(lists, h, make_scalars,
+                                                         collect_inna_entries);
+}
+
+template <bool kLargeMetadata>
+void emulated_innaprop_kernel(const InnaLists& lists, const InnaHyper& h) {
+  emulate_fused<InnapropFunctor, kInnapropDepth, kLargeMetadata>(
+      lists, h, make_innaprop_scalars, collect_innaprop_entries);
 }
 
 std::vector<int64_t> emulated_cuda_launch(
@@ -81,40 +102,7 @@ std::vector<int64_t> emulated_cuda_launch(
   emulation_stats = EmulationStats{};
   run_fused_inna(params, grads, phases, steps, h,
                  large_metadata ? &emulated_kernel<true> : &emulated_kernel<false>);
-  const EmulationStats& s = emulation_stats;
-  return {s.launch.main_launches, s.launch.large_launches, s.launch.step_launches,
-          s.launch.blocks,        s.launch.small_block_launches, s.vector_blocks,
-          s.scalar_blocks,        s.skipped_blocks};
-}
-
-template <typename scalar_t, typename phase_t, bool kLargeMetadata>
-void emulate_innaprop_typed(const InnaLists& lists, const InnaHyper& h) {
-  const InnapropScalars scalars = make_innaprop_scalars(h, lists.params[0].device());
-  std::vector<TensorEntry<kInnapropDepth>> entries;
-  std::vector<TaggedStep> late_steps;
-  collect_innaprop_entries(lists, entries, late_steps);
-  EmulationStats& stats = emulation_stats;
-  stats.launch = launch_all<kLargeMetadata>(
-      entries, late_steps,
-      [&](const auto& meta, int64_t blocks, int block_size) {
-        emulate_main_launch<InnapropFunctor<scalar_t, phase_t>>(
-            meta, blocks, block_size, scalars, [&](int64_t, int thread, int32_t path) {
-              if (thread == 0) {
-                stats.vector_blocks += path == kVectorPath;
-                stats.scalar_blocks += path == kScalarPath;
-                stats.skipped_blocks += path == kSkipped;
-              }
-            });
-      },
-      [&](const StepMeta& meta) { emulate_step_launch(meta, scalars.found_inf); });
-}
-
-template <bool kLargeMetadata>
-void emulated_innaprop_kernel(const InnaLists& lists, const InnaHyper& h) {
-  dispatch_dtypes(lists, [&](auto p, auto s) {
-    emulate_innaprop_typed<typename decltype(p)::type, typename decltype(s)::type,
-                           kLargeMetadata>(lists, h);
-  });
+  return stats_vector();
 }
 
 std::vector<int64_t> emulated_cuda_innaprop_launch(
@@ -134,10 +122,7 @@ std::vector<int64_t> emulated_cuda_innaprop_launch(
   run_fused_innaprop(params, grads, phases, exp_avg_sqs, steps, h,
                      large_metadata ? &emulated_innaprop_kernel<true>
                                     : &emulated_innaprop_kernel<false>);
-  const EmulationStats& s = emulation_stats;
-  return {s.launch.main_launches, s.launch.large_launches, s.launch.step_launches,
-          s.launch.blocks,        s.launch.small_block_launches, s.vector_blocks,
-          s.scalar_blocks,        s.skipped_blocks};
+  return stats_vector();
 }
 
 // Packs tensors of the given sizes (no data) and resolves every block of every launch with the
