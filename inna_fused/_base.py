@@ -172,6 +172,19 @@ class FusedListOptimizer(Optimizer):
         """The fused op on the lists of a planned group."""
         raise NotImplementedError
 
+    def __init__(self, params, defaults: dict[str, Any]):
+        """`defaults`: the subclass's hyper-parameters plus foreach, fused, capturable,
+        state_dtype, stochastic_rounding and seed; checked here before torch.optim's init."""
+        self._check_group(defaults)
+        if defaults["fused"] and defaults["foreach"]:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if defaults["capturable"] and defaults["fused"] is False:
+            raise ValueError(f"{self._name}: capturable=True needs the fused implementation")
+        super().__init__(params, defaults)
+        # torch.amp.GradScaler hands grad_scale/found_inf to step() (every implementation honours
+        # them).
+        self._step_supports_amp_scaling = True
+
     # -- param groups ----------------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

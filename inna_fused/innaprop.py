@@ -94,18 +94,11 @@ class INNAprop(FusedListOptimizer):
         stochastic_rounding: bool = True,
         seed: int = 0,
     ):
-        check_innaprop_hyperparameters(lr, alpha, beta, sigma, eps, weight_decay)
-        check_rounding(stochastic_rounding, seed)
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        if capturable and fused is False:
-            raise ValueError("INNAprop: capturable=True needs the fused implementation")
         defaults = dict(lr=lr, alpha=alpha, beta=beta, sigma=sigma, eps=eps,
                         weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         fused=fused, capturable=capturable, state_dtype=state_dtype,
                         stochastic_rounding=stochastic_rounding, seed=seed)
         super().__init__(params, defaults)
-        self._step_supports_amp_scaling = True
 
     _name = "INNAprop"
     _state_keys = ("phase", "exp_avg_sq")

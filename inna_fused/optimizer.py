@@ -125,12 +125,6 @@ class INNA(FusedListOptimizer):
         stochastic_rounding: bool = True,
         seed: int = 0,
     ):
-        check_hyperparameters(lr, alpha, beta, decaypower, weight_decay, psi_init)
-        check_rounding(stochastic_rounding, seed)
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        if capturable and fused is False:
-            raise ValueError("INNA: capturable=True needs the fused implementation")
         defaults = dict(lr=lr, alpha=alpha, beta=beta, decaypower=decaypower,
                         weight_decay=weight_decay, psi_init=psi_init,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
@@ -138,7 +132,6 @@ class INNA(FusedListOptimizer):
                         state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
                         seed=seed)
         super().__init__(params, defaults)
-        self._step_supports_amp_scaling = True  # step() honours GradScaler's grad_scale/found_inf
 
     _name = "INNA"
     _state_keys = ("phase",)
