@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Callable, Optional
+import warnings
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from ._contract import (STEP_DTYPE, STEP_DTYPES, check_state_dtype, default_phase_dtype,
-                        phase_dtype_for, valid_lr)
+                        dtype_names, phase_dtype_for, valid_lr)
 from .conversions import phase_to_psi, psi_to_phase
 
-__all__ = ["FusedListOptimizer", "choose_implementation", "check_saved_step",
-           "convert_loaded_state"]
+__all__ = ["FusedListOptimizer", "check_saved_step", "convert_loaded_state"]
 
 
 def _meta_param_error(group_index: int, param_index: int, p: Tensor, name: str) -> RuntimeError:
@@ -33,45 +33,6 @@ def _meta_param_error(group_index: int, param_index: int, p: Tensor, name: str) 
         "to_empty() keeps the Parameter objects that the optimizer holds only under "
         "torch.__future__.set_swap_module_params_on_conversion(True); otherwise construct the "
         "optimizer after to_empty()")
-
-
-def choose_implementation(group: dict[str, Any], group_index: int, constructing: bool, *,
-                          name: str, available: Callable[[str], bool], param_error,
-                          warn_fallback, dtypes: tuple) -> str:
-    """"fused", "foreach" or "loop" for one param group: `available` (device type -> bool) says
-    where the optimizer's fused kernel runs, `param_error(p, where)` builds the error for
-    `fused=True` with a param it cannot take (one of `dtypes` on such a device), `warn_fallback
-    (device type)` warns (once) when `fused=None` falls back to foreach. At construction, params
-    on the meta device are skipped (checked when materialised); at a step they raise."""
-    fused, foreach = group["fused"], group["foreach"]
-    devices = {p.device.type for p in group["params"]}
-    if "meta" in devices:
-        if not constructing:
-            i, p = next((i, p) for i, p in enumerate(group["params"]) if p.device.type == "meta")
-            raise _meta_param_error(group_index, i, p, name)
-        devices.discard("meta")
-    if fused:
-        if constructing:
-            for i, p in enumerate(group["params"]):
-                if p.device.type != "meta" and (p.dtype not in dtypes
-                                                or not available(p.device.type)):
-                    raise param_error(p, f"param {i} of param group {group_index}")
-        else:
-            for d in devices:
-                if not available(d):
-                    i, p = next((i, p) for i, p in enumerate(group["params"])
-                                if p.device.type == d)
-                    raise param_error(p, f"param {i} of param group {group_index}")
-        return "fused"
-    if fused is None and not foreach:
-        if all(available(d) for d in devices):
-            return "fused"
-        if foreach is None:
-            warn_fallback(next(d for d in devices if not available(d)))
-            return "foreach"
-    if group["capturable"]:
-        raise ValueError(f"{name}: capturable=True needs the fused implementation")
-    return "foreach" if foreach or foreach is None else "loop"
 
 
 def check_saved_step(where: str, step) -> None:
@@ -143,8 +104,16 @@ class FusedListOptimizer(Optimizer):
         `group`."""
         raise NotImplementedError
 
-    def _implementation(self, group: dict[str, Any], group_index: int = 0,
-                        constructing: bool = False) -> str:
+    # Where the fused op runs and what it takes.
+    _fused_dtypes: tuple = ()
+
+    @staticmethod
+    def _kernel_available(device_type: str) -> bool:
+        """Whether the optimizer's fused op has a kernel for this device type."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _kernel_unavailable_reason(device_type: str) -> str:
         raise NotImplementedError
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
@@ -211,6 +180,71 @@ class FusedListOptimizer(Optimizer):
                 group.setdefault(key, value)
             for p in group["params"]:
                 convert_loaded_state(self.state.get(p), p, group)
+
+    # -- implementation choice -------------------------------------------------------------------
+
+    _warned_fallback = False  # per class: set on the subclass by its first fallback warning
+
+    def _implementation(self, group: dict[str, Any], group_index: int = 0,
+                        constructing: bool = False) -> str:
+        """"fused", "foreach" or "loop" for one param group. `fused=True` requires the fused
+        kernel for every param (torch.optim's error otherwise); `fused=None` uses it where it
+        serves every device, else falls back to foreach with a one-time warning. At construction,
+        params on the meta device are skipped (checked when materialised); at a step they
+        raise."""
+        fused, foreach = group["fused"], group["foreach"]
+        available = self._kernel_available
+        devices = {p.device.type for p in group["params"]}
+        if "meta" in devices:
+            if not constructing:
+                i, p = next((i, p) for i, p in enumerate(group["params"])
+                            if p.device.type == "meta")
+                raise _meta_param_error(group_index, i, p, self._name)
+            devices.discard("meta")
+        if fused:
+            if constructing:
+                for i, p in enumerate(group["params"]):
+                    if p.device.type != "meta" and (p.dtype not in self._fused_dtypes
+                                                    or not available(p.device.type)):
+                        raise self._fused_param_error(p, f"param {i} of param group "
+                                                         f"{group_index}")
+            else:
+                for d in devices:
+                    if not available(d):
+                        i, p = next((i, p) for i, p in enumerate(group["params"])
+                                    if p.device.type == d)
+                        raise self._fused_param_error(p, f"param {i} of param group "
+                                                         f"{group_index}")
+            return "fused"
+        if fused is None and not foreach:
+            if all(available(d) for d in devices):
+                return "fused"
+            if foreach is None:
+                self._warn_fallback_once(next(d for d in devices if not available(d)))
+                return "foreach"
+        if group["capturable"]:
+            raise ValueError(f"{self._name}: capturable=True needs the fused implementation")
+        return "foreach" if foreach or foreach is None else "loop"
+
+    def _fused_param_error(self, p: Tensor, where: str) -> RuntimeError:
+        """torch.optim's error for `fused=True` with a param the fused kernel cannot take, then
+        which param and why."""
+        if p.dtype not in self._fused_dtypes:
+            why = f"{self._name}'s fused kernel takes {dtype_names(self._fused_dtypes)} params"
+        else:
+            why = self._kernel_unavailable_reason(p.device.type)
+        devices = [d for d in ("cpu", "cuda") if self._kernel_available(d)]
+        return RuntimeError("`fused=True` requires all the params to be floating point Tensors "
+                            f"of supported devices: {devices} but {p.dtype} and "
+                            f"{p.device.type} ({self._name}: {where}: {why})")
+
+    def _warn_fallback_once(self, device_type: str) -> None:
+        cls = type(self)
+        if not cls._warned_fallback:
+            cls._warned_fallback = True
+            warnings.warn(f"{self._name}: no fused kernel for {device_type}, using the slower "
+                          f"foreach path: {self._kernel_unavailable_reason(device_type)}",
+                          RuntimeWarning, stacklevel=2)
 
     # -- the step --------------------------------------------------------------------------------
 

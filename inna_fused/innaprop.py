@@ -3,42 +3,18 @@ low-precision storage and stochastic rounding. The step, the checkpoint and the 
 logic it shares with INNA live in `inna_fused._base`."""
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
-from ._base import FusedListOptimizer, choose_implementation
+from ._base import FusedListOptimizer
 from ._contract import (PARAM_DTYPES, check_innaprop_hyperparameters, check_rounding,
-                        check_state_dtype, default_phase_dtype, dtype_names, phase_dtype_for,
-                        valid_lr)
+                        check_state_dtype, default_phase_dtype, phase_dtype_for, valid_lr)
 from .innaprop_functional import (fused_available, fused_unavailable_reason, innaprop,
                                   step_plain_fused)
 
 __all__ = ["INNAprop"]
-
-_warned_fallback = False
-
-
-def _fused_param_error(p: Tensor, where: str) -> RuntimeError:
-    devices = [d for d in ("cpu", "cuda") if fused_available(d)]
-    if p.dtype not in PARAM_DTYPES:
-        why = f"INNAprop's fused kernel takes {dtype_names(PARAM_DTYPES)} params"
-    else:
-        why = fused_unavailable_reason(p.device.type)
-    return RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
-                        f"supported devices: {devices} but {p.dtype} and {p.device.type} "
-                        f"(INNAprop: {where}: {why})")
-
-
-def _warn_fallback_once(device_type: str) -> None:
-    global _warned_fallback
-    if not _warned_fallback:
-        _warned_fallback = True
-        warnings.warn(f"INNAprop: no fused kernel for {device_type}, using the slower foreach "
-                      f"path: {fused_unavailable_reason(device_type)}", RuntimeWarning,
-                      stacklevel=3)
 
 
 class INNAprop(FusedListOptimizer):
@@ -133,11 +109,9 @@ class INNAprop(FusedListOptimizer):
         self._check_group(saved)
         check_state_dtype(saved["state_dtype"], group["params"])
 
-    def _implementation(self, group: dict[str, Any], group_index: int = 0,
-                        constructing: bool = False) -> str:
-        return choose_implementation(group, group_index, constructing, name="INNAprop",
-                                     available=fused_available, param_error=_fused_param_error,
-                                     warn_fallback=_warn_fallback_once, dtypes=PARAM_DTYPES)
+    _fused_dtypes = PARAM_DTYPES
+    _kernel_available = staticmethod(fused_available)
+    _kernel_unavailable_reason = staticmethod(fused_unavailable_reason)
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"phase": torch.zeros_like(p, dtype=phase_dtype_for(p, group["state_dtype"]),

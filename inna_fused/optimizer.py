@@ -2,47 +2,20 @@
 checkpoint and the planned-step logic it shares with INNAprop live in `inna_fused._base`."""
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
 from . import _ops
-from ._base import FusedListOptimizer, choose_implementation
+from ._base import FusedListOptimizer
 from ._contract import (COMPLEX_DTYPES, PARAM_DTYPES, check_hyperparameters, check_rounding,
-                        check_state_dtype, dtype_names, phase_dtype_for)
+                        check_state_dtype, phase_dtype_for)
 from .functional import inna, step_plain_fused
 
 __all__ = ["INNA"]
 
-_warned_fallback = False
-
 _FUSED_DTYPES = PARAM_DTYPES + COMPLEX_DTYPES
-
-
-def _fused_devices() -> list[str]:
-    return [d for d in ("cpu", "cuda") if _ops.kernel_available(d)]
-
-
-def _fused_param_error(p: Tensor, where: str) -> RuntimeError:
-    """torch.optim's error for `fused=True` with a param the fused kernel cannot take, then which
-    param and why."""
-    if p.dtype not in _FUSED_DTYPES:
-        why = f"INNA's fused kernel takes {dtype_names(_FUSED_DTYPES)} params"
-    else:
-        why = _ops.unavailable_reason(p.device.type)
-    return RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
-                        f"supported devices: {_fused_devices()} but {p.dtype} and "
-                        f"{p.device.type} (INNA: {where}: {why})")
-
-
-def _warn_fallback_once(device_type: str) -> None:
-    global _warned_fallback
-    if not _warned_fallback:
-        _warned_fallback = True
-        warnings.warn(f"INNA: no fused kernel for {device_type}, using the slower foreach path: "
-                      f"{_ops.unavailable_reason(device_type)}", RuntimeWarning, stacklevel=3)
 
 
 class INNA(FusedListOptimizer):
@@ -157,12 +130,9 @@ class INNA(FusedListOptimizer):
         check_rounding(saved["stochastic_rounding"], saved["seed"])
         check_state_dtype(saved["state_dtype"], group["params"])
 
-    def _implementation(self, group: dict[str, Any], group_index: int = 0,
-                        constructing: bool = False) -> str:
-        return choose_implementation(group, group_index, constructing, name="INNA",
-                                     available=_ops.kernel_available,
-                                     param_error=_fused_param_error,
-                                     warn_fallback=_warn_fallback_once, dtypes=_FUSED_DTYPES)
+    _fused_dtypes = _FUSED_DTYPES
+    _kernel_available = staticmethod(_ops.kernel_available)
+    _kernel_unavailable_reason = staticmethod(_ops.unavailable_reason)
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"phase": torch.empty_like(p, dtype=phase_dtype_for(p, group["state_dtype"]),

@@ -288,8 +288,7 @@ def test_fused_true_raises_while_the_op_is_absent():
 
 @pytest.mark.skipif(op_present, reason="fused_innaprop_ exists")
 def test_default_falls_back_to_foreach_with_a_warning(monkeypatch):
-    import inna_fused.innaprop as module
-    monkeypatch.setattr(module, "_warned_fallback", False)
+    monkeypatch.setattr(INNAprop, "_warned_fallback", False)
     with pytest.warns(RuntimeWarning, match="INNAprop: no fused kernel"):
         fallback, _ = run_ours(DEFAULTS, {}, 5)
     foreach, _ = run_ours(DEFAULTS, IMPLS["foreach"], 5)
