@@ -114,23 +114,33 @@ void dispatch_param_and_state(at::ScalarType param_dtype, bool low_precision_sta
 // The rules, each once: lr ≥ 0, α > 0, β > 0, decay_power ≥ 0, weight_decay ≥ 0, all finite.
 inline bool valid_lr(double lr) { return std::isfinite(lr) && lr >= 0; }
 
-// Throws c10::ValueError naming the first invalid hyper-parameter. `who` prefixes the message
-// ("inna_fused::fused_inna_: ", "INNA: "), `decay_power_name` is the caller's spelling of it.
-// check_lr = false skips lr (the op's lr given as a tensor is checked where it is read).
-inline void check_hyper(const char* who, bool check_lr, double lr, double alpha, double beta,
-                        double decay_power, const char* decay_power_name, double weight_decay) {
-  auto finite = [](double x) { return std::isfinite(x); };
+// The checks below throw c10::ValueError naming the first invalid hyper-parameter. `who`
+// prefixes the message ("inna_fused::fused_inna_: ", "INNA: "); check_lr = false skips lr (the
+// op's lr given as a tensor is checked where it is read). The rules INNA and INNAprop share:
+inline void check_lr_alpha_beta(const char* who, bool check_lr, double lr, double alpha,
+                               double beta) {
   if (check_lr) {
     TORCH_CHECK_VALUE(valid_lr(lr), who, "invalid lr: ", lr, " (need finite lr >= 0)");
   }
-  TORCH_CHECK_VALUE(finite(alpha) && alpha > 0, who, "invalid alpha: ", alpha,
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha > 0, who, "invalid alpha: ", alpha,
                     " (need finite alpha > 0)");
-  TORCH_CHECK_VALUE(finite(beta) && beta > 0, who, "invalid beta: ", beta,
+  TORCH_CHECK_VALUE(std::isfinite(beta) && beta > 0, who, "invalid beta: ", beta,
                     " (need finite beta > 0)");
-  TORCH_CHECK_VALUE(finite(decay_power) && decay_power >= 0, who, "invalid ", decay_power_name,
-                    ": ", decay_power, " (need finite ", decay_power_name, " >= 0)");
-  TORCH_CHECK_VALUE(finite(weight_decay) && weight_decay >= 0, who, "invalid weight_decay: ",
-                    weight_decay, " (need finite weight_decay >= 0)");
+}
+
+inline void check_weight_decay(const char* who, double weight_decay) {
+  TORCH_CHECK_VALUE(std::isfinite(weight_decay) && weight_decay >= 0, who,
+                    "invalid weight_decay: ", weight_decay, " (need finite weight_decay >= 0)");
+}
+
+// INNA's rules; `decay_power_name` is the caller's spelling of it.
+inline void check_hyper(const char* who, bool check_lr, double lr, double alpha, double beta,
+                        double decay_power, const char* decay_power_name, double weight_decay) {
+  check_lr_alpha_beta(who, check_lr, lr, alpha, beta);
+  TORCH_CHECK_VALUE(std::isfinite(decay_power) && decay_power >= 0, who, "invalid ",
+                    decay_power_name, ": ", decay_power, " (need finite ", decay_power_name,
+                    " >= 0)");
+  check_weight_decay(who, weight_decay);
 }
 
 // INNAprop's rules: lr ≥ 0, α > 0, β > 0, σ ∈ [0, 1), ε ≥ 0, weight_decay ≥ 0, all finite, and
@@ -140,24 +150,16 @@ inline bool innaprop_lr_ok(double lr, double beta) { return valid_lr(lr) && lr <
 
 inline void check_innaprop_hyper(const char* who, bool check_lr, double lr, double alpha,
                                  double beta, double sigma, double eps, double weight_decay) {
-  auto finite = [](double x) { return std::isfinite(x); };
-  if (check_lr) {
-    TORCH_CHECK_VALUE(valid_lr(lr), who, "invalid lr: ", lr, " (need finite lr >= 0)");
-  }
-  TORCH_CHECK_VALUE(finite(alpha) && alpha > 0, who, "invalid alpha: ", alpha,
-                    " (need finite alpha > 0)");
-  TORCH_CHECK_VALUE(finite(beta) && beta > 0, who, "invalid beta: ", beta,
-                    " (need finite beta > 0)");
+  check_lr_alpha_beta(who, check_lr, lr, alpha, beta);
   if (check_lr) {
     TORCH_CHECK_VALUE(lr < beta, who, "invalid lr: ", lr, " (need lr < beta = ", beta,
                       ", the authors' requirement gamma < beta)");
   }
-  TORCH_CHECK_VALUE(finite(sigma) && sigma >= 0 && sigma < 1, who, "invalid sigma: ", sigma,
-                    " (need 0 <= sigma < 1)");
-  TORCH_CHECK_VALUE(finite(eps) && eps >= 0, who, "invalid eps: ", eps,
+  TORCH_CHECK_VALUE(std::isfinite(sigma) && sigma >= 0 && sigma < 1, who, "invalid sigma: ",
+                    sigma, " (need 0 <= sigma < 1)");
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, who, "invalid eps: ", eps,
                     " (need finite eps >= 0)");
-  TORCH_CHECK_VALUE(finite(weight_decay) && weight_decay >= 0, who, "invalid weight_decay: ",
-                    weight_decay, " (need finite weight_decay >= 0)");
+  check_weight_decay(who, weight_decay);
 }
 
 // INNAprop's second moment is stored in the opmath dtype of the params, never rounded.

@@ -95,29 +95,45 @@ def valid_lr(value: float) -> bool:
     return math.isfinite(value) and value >= 0
 
 
-def check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init) -> None:
-    """Raise ValueError naming the first invalid hyper-parameter (with torch.optim's words where
-    torch's optimizers check the same thing)."""
+def _checked_lr(lr, name: str) -> Optional[float]:
+    """torch.optim's checks of an lr tensor, then lr ≥ 0 (finite) where the value can be read
+    here; returns that value, or None for an lr tensor on a device (or while compiling: the op
+    checks it where it reads it)."""
+    lr_value = lr
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
-            raise ValueError(f"Tensor lr must be 1-element (INNA: got shape {tuple(lr.shape)})")
+            raise ValueError(f"Tensor lr must be 1-element ({name}: got shape {tuple(lr.shape)})")
         if not lr.is_floating_point():
             raise TypeError(f"lr as a tensor must be floating point, got {lr.dtype}")
-        if lr.device.type == "cpu" and not torch.compiler.is_compiling():
-            lr_value = float(lr)
-            if not valid_lr(lr_value):
-                raise ValueError(f"Invalid learning rate: {lr_value} (INNA needs a finite lr >= 0)")
-    elif not valid_lr(lr):
-        raise ValueError(f"Invalid learning rate: {lr} (INNA needs a finite lr >= 0)")
+        if lr.device.type != "cpu" or torch.compiler.is_compiling():
+            return None
+        lr_value = float(lr)
+    if not valid_lr(lr_value):
+        raise ValueError(f"Invalid learning rate: {lr_value} ({name} needs a finite lr >= 0)")
+    return lr_value
+
+
+def _check_alpha_beta(alpha, beta) -> None:
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"Invalid alpha: {alpha} (need finite alpha > 0)")
     if not (math.isfinite(beta) and beta > 0):
         raise ValueError(f"Invalid beta: {beta} (need finite beta > 0)")
+
+
+def _check_weight_decay(weight_decay, name: str) -> None:
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"Invalid weight_decay value: {weight_decay} ({name} needs a finite "
+                         "weight_decay >= 0)")
+
+
+def check_hyperparameters(lr, alpha, beta, decay_power, weight_decay, psi_init) -> None:
+    """Raise ValueError naming the first invalid hyper-parameter (with torch.optim's words where
+    torch's optimizers check the same thing)."""
+    _checked_lr(lr, "INNA")
+    _check_alpha_beta(alpha, beta)
     if not (math.isfinite(decay_power) and decay_power >= 0):
         raise ValueError(f"Invalid decaypower: {decay_power} (need finite decaypower >= 0)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"Invalid weight_decay value: {weight_decay} (INNA needs a finite "
-                         "weight_decay >= 0)")
+    _check_weight_decay(weight_decay, "INNA")
     if psi_init not in PSI_INITS:
         raise ValueError(f"Invalid psi_init: {psi_init!r} (choose one of {PSI_INITS})")
 
@@ -160,31 +176,15 @@ def check_innaprop_hyperparameters(lr, alpha, beta, sigma, eps, weight_decay) ->
     """Raise ValueError naming the first invalid INNAprop hyper-parameter (torch.optim's words for
     lr, eps and weight_decay). The authors require lr < beta (γ < β): their θ update divides by
     β − γ."""
-    lr_value = None
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Tensor lr must be 1-element (INNAprop: got shape {tuple(lr.shape)})")
-        if not lr.is_floating_point():
-            raise TypeError(f"lr as a tensor must be floating point, got {lr.dtype}")
-        if lr.device.type == "cpu" and not torch.compiler.is_compiling():
-            lr_value = float(lr)
-    else:
-        lr_value = lr
-    if lr_value is not None and not valid_lr(lr_value):
-        raise ValueError(f"Invalid learning rate: {lr_value} (INNAprop needs a finite lr >= 0)")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"Invalid alpha: {alpha} (need finite alpha > 0)")
-    if not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"Invalid beta: {beta} (need finite beta > 0)")
+    lr_value = _checked_lr(lr, "INNAprop")
+    _check_alpha_beta(alpha, beta)
     if lr_value is not None and not lr_value < beta:
         raise ValueError(f"Invalid learning rate: {lr_value} (INNAprop needs lr < beta = {beta})")
     if not (math.isfinite(sigma) and 0 <= sigma < 1):
         raise ValueError(f"Invalid sigma value: {sigma} (need 0 <= sigma < 1)")
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"Invalid epsilon value: {eps} (INNAprop needs a finite eps >= 0)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"Invalid weight_decay value: {weight_decay} (INNAprop needs a finite "
-                         "weight_decay >= 0)")
+    _check_weight_decay(weight_decay, "INNAprop")
 
 
 def innaprop_bias_correction(sigma: float, k: int) -> float:
