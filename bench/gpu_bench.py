@@ -11,8 +11,8 @@ Measured side by side in one run (medians of CUDA-event timings after warm-up):
   - the fused INNAprop step against torch.optim.AdamW(fused=True) on the same list, eager and
     CUDA-graph replay: both move 28 bytes/element in float32 (INNAprop reads θ, g, phase,
     exp_avg_sq and writes θ, phase, exp_avg_sq; AdamW reads θ, g, m, v and writes θ, m, v);
-  - INNAprop's op alone for each param × phase dtype pair (exp_avg_sq float32): fp32 + fp32 phase
-    (28 B/element), fp32 + bf16 phase (24 B), bf16 + fp32 phase (22 B), bf16 + bf16 phase (18 B);
+  - INNAprop's op alone for each param × state dtype pair (phase and exp_avg_sq): fp32 + fp32
+    state (28 B/element), fp32 + bf16 state (20 B), bf16 + fp32 state (22 B), bf16 + bf16 (14 B);
   - 10,000 tensors × 1,000 elements against one flat tensor of 1e7 (per-element time ratio);
   - kernel launches per step (torch.profiler; falls back to "n/a" where CUPTI is unavailable).
 
@@ -54,13 +54,13 @@ STATE_DTYPE_PAIRS = {
 }
 
 
-# INNAprop's op per element for (param dtype, phase dtype): θ read + written, g read, the phase
-# read + written, exp_avg_sq (float32) read + written.
+# INNAprop's op per element for (param dtype, state dtype): θ read + written, g read, the phase
+# and exp_avg_sq (both in the state dtype) read + written.
 INNAPROP_STATE_DTYPE_PAIRS = {
-    "fp32 θ,g + fp32 phase": (torch.float32, torch.float32, 3 * 4 + 2 * 4 + 2 * 4),
-    "fp32 θ,g + bf16 phase": (torch.float32, torch.bfloat16, 3 * 4 + 2 * 2 + 2 * 4),
-    "bf16 θ,g + fp32 phase": (torch.bfloat16, torch.float32, 3 * 2 + 2 * 4 + 2 * 4),
-    "bf16 θ,g + bf16 phase": (torch.bfloat16, torch.bfloat16, 3 * 2 + 2 * 2 + 2 * 4),
+    "fp32 θ,g + fp32 state": (torch.float32, torch.float32, 3 * 4 + 4 * 4),
+    "fp32 θ,g + bf16 state": (torch.float32, torch.bfloat16, 3 * 4 + 4 * 2),
+    "bf16 θ,g + fp32 state": (torch.bfloat16, torch.float32, 3 * 2 + 4 * 4),
+    "bf16 θ,g + bf16 state": (torch.bfloat16, torch.bfloat16, 3 * 2 + 4 * 2),
 }
 INNAPROP_HYPER = dict(alpha=0.1, beta=0.9, sigma=0.999, eps=1e-8, weight_decay=0.01)
 
@@ -225,7 +225,8 @@ def bench_op_state_dtypes(shapes, device, timer, args, innaprop=False):
         steps = [torch.ones((), device=device) for _ in shapes]
         lr = torch.tensor(1e-4, device=device)
         if innaprop:
-            exp_avg_sqs = [torch.rand(s, device=device, generator=gen) for s in shapes]  # fp32
+            exp_avg_sqs = [torch.rand(s, device=device, generator=gen).to(phase_dtype)
+                           for s in shapes]
 
             def step():
                 torch.ops.inna_fused.fused_innaprop_.tensor_lr(

@@ -11,8 +11,8 @@
 #    GPT-2-XL-shaped list, the op alone for each param x phase dtype pair: fp32/fp32 20 B/element,
 #    fp32 + bf16 phase 16 B, bf16 + fp32 phase 14 B, bf16 + bf16 phase 10 B; fused INNAprop vs
 #    AdamW(fused) on the same list, both 28 B/element in fp32, eager and CUDA graph; INNAprop's op
-#    alone per param x phase dtype: 28 / 24 / 22 / 18 B/element; 10k small tensors vs one flat
-#    tensor, launches per step);
+#    alone per param x state dtype (phase and exp_avg_sq): 28 / 20 / 22 / 14 B/element; 10k small
+#    tensors vs one flat tensor, launches per step);
 # 4. with the time left, the rest of the test suite and `python -m inna_fused bench --device cuda`.
 # Files under $OUT (8 at most, so that the device tool brings them all back): summary.txt (the
 # table and every phase's verdict), build.log, tests_cuda.log, gpu_bench.log, gpu_bench.json,

@@ -162,10 +162,8 @@ inline void check_innaprop_hyper(const char* who, bool check_lr, double lr, doub
   check_weight_decay(who, weight_decay);
 }
 
-// INNAprop's second moment is stored in the opmath dtype of the params, never rounded.
-constexpr at::ScalarType innaprop_exp_avg_sq_dtype(at::ScalarType param_dtype) {
-  return default_state_dtype(param_dtype);
-}
+// INNAprop's second moment (exp_avg_sq) has its phase's dtype: the opmath dtype (float32, float64
+// for float64 params) or, with a bfloat16 phase, bfloat16 (rounded like the phase).
 
 // ---- Per-tensor scalars (host and device) ------------------------------------------------------
 

@@ -147,7 +147,9 @@ C10_HOST_DEVICE INNA_MATH_INLINE void inna_update(T& theta, T& phase, T grad, co
 // the same element draws the same bits on every run, for any thread count, on the CPU and the
 // CUDA kernel, in the foreach and loop paths (inna_fused/rounding.py re-implements these
 // functions bit for bit), and on every data-parallel replica. One 32-bit hash per element serves
-// both stores: its high 16 bits round θ, its low 16 bits round the phase.
+// both stores: its high 16 bits round θ, its low 16 bits round the phase. INNAprop's bfloat16
+// second moment (exp_avg_sq) draws a second word per element under its own key (sq_rounding_key),
+// whose high 16 bits round it.
 
 C10_HOST_DEVICE inline uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -159,6 +161,11 @@ C10_HOST_DEVICE inline uint64_t splitmix64(uint64_t z) {
 // One key per (tensor, step); computed once per tensor per call.
 C10_HOST_DEVICE inline uint64_t rounding_key(uint64_t seed, uint64_t step, uint64_t numel) {
   return splitmix64(splitmix64(splitmix64(seed) ^ step) ^ numel);
+}
+
+// The key of the exp_avg_sq words, from the (tensor, step) key.
+C10_HOST_DEVICE inline uint64_t sq_rounding_key(uint64_t key) {
+  return splitmix64(key ^ 0xD1B54A32D192ED03ull);
 }
 
 // A 32-bit integer hash with good avalanche (a bijection of the 32-bit integers).

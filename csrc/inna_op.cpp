@@ -222,13 +222,13 @@ void validate(at::TensorList params, at::TensorList grads, at::TensorList phases
 
     if (prop) {
       const at::Tensor& sq = exp_avg_sqs[i];
-      const at::ScalarType sq_dtype = contract::innaprop_exp_avg_sq_dtype(dtype);
+      const at::ScalarType sq_dtype = phases[i].scalar_type();
       TORCH_CHECK_VALUE(sq.defined(), kOp, name("exp_avg_sqs", i), " is an undefined tensor");
       TORCH_CHECK_TYPE(sq.layout() == at::kStrided, kOp, name("exp_avg_sqs", i),
                        " is not strided");
       TORCH_CHECK_TYPE(sq.scalar_type() == sq_dtype, kOp, name("exp_avg_sqs", i), " has dtype ",
-                       sq.scalar_type(), "; a ", dtype, " param needs a ", sq_dtype,
-                       " exp_avg_sq (the opmath dtype, never rounded)");
+                       sq.scalar_type(), " but its phase is ", sq_dtype,
+                       " (exp_avg_sq takes the phase's dtype)");
       TORCH_CHECK_VALUE(sq.device() == device, kOp, name("exp_avg_sqs", i), " is on ",
                         sq.device(), " but its param is on ", device);
       TORCH_CHECK_VALUE(sq.sizes() == p.sizes(), kOp, name("exp_avg_sqs", i), " has shape ",

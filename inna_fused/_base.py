@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from ._contract import (STEP_DTYPE, STEP_DTYPES, check_state_dtype, default_phase_dtype,
-                        dtype_names, phase_dtype_for, valid_lr)
+from ._contract import (STEP_DTYPE, STEP_DTYPES, check_state_dtype, dtype_names, phase_dtype_for,
+                        valid_lr)
 from .conversions import phase_to_psi, psi_to_phase
 
 __all__ = ["FusedListOptimizer", "check_saved_step", "convert_loaded_state"]
@@ -325,10 +325,10 @@ class FusedListOptimizer(Optimizer):
         - a state holding the authors' ``psi`` (their checkpoints and this package's earlier
           versions) is converted to the phase in float64, with the loaded group's α and β and the
           param's current value;
-        - the phase is stored in this optimizer's ``state_dtype`` (saved groups that lack the
-          storage options take this optimizer's values), the other state tensors in float32
-          (float64 for float64 params), copied from the saved tensors rather than torch.optim's
-          cast to the param's dtype; integer steps become float32 tensors.
+        - the state tensors (phase, and INNAprop's exp_avg_sq) are stored in this optimizer's
+          ``state_dtype`` (saved groups that lack the storage options take this optimizer's
+          values), copied from the saved tensors rather than torch.optim's cast to the param's
+          dtype; integer steps become float32 tensors.
         """
         state_dict = self._with_storage_keys(state_dict)
         saved = self._check_saved_state(state_dict)
@@ -350,8 +350,7 @@ class FusedListOptimizer(Optimizer):
                 else:  # a copy: the saved tensor may be another optimizer's live state
                     state["phase"] = values[0].to(device=p.device, dtype=dtype, copy=True)
                 for name, value in zip(self._state_keys[1:], values[1:]):
-                    state[name] = value.to(device=p.device, dtype=default_phase_dtype(p.dtype),
-                                           copy=True)
+                    state[name] = value.to(device=p.device, dtype=dtype, copy=True)
                 if state["step"].dtype not in STEP_DTYPES:
                     state["step"] = state["step"].to(STEP_DTYPE)  # e.g. an integer tensor
 

@@ -45,7 +45,7 @@ from ._contract import (PARAM_DTYPES, SIXTEEN_BIT, STEP_DTYPES, allowed_phase_dt
                         check_hyperparameters, check_rounding, default_phase_dtype, dtype_names,
                         grad_factor, step_size)
 from .rounding import (element_indices, phase_bits, random_bits, round_stochastic, rounding_key,
-                       theta_bits)
+                       sq_rounding_key, theta_bits)
 
 IMPLS = ("fused", "foreach", "loop", "reference")
 
@@ -329,20 +329,32 @@ def _store(dst: Tensor, value: Tensor, r16: Optional[Tensor]) -> None:
     dst.copy_(value)
 
 
-def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed) -> None:
-    """Write back the new θ and phases (those computed in copies). One hash per element serves
-    both stores, as in the kernels: its high 16 bits round θ, its low 16 bits the phase."""
-    for p, phase, g, theta, new_phase, k in zip(params, phases, grads, thetas, new_phases, ks):
-        round_theta = stochastic and theta is not p and p.dtype in SIXTEEN_BIT and p.numel() > 0
-        round_phase = (stochastic and new_phase is not phase and phase.dtype in SIXTEEN_BIT
-                       and phase.numel() > 0)
-        bits = None
+def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed, exp_avg_sqs=None,
+            new_sqs=None) -> None:
+    """Write back the new θ and phases (and INNAprop's exp_avg_sqs) computed in copies. One hash
+    per element serves θ and the phase, as in the kernels: its high 16 bits round θ, its low 16
+    bits the phase; a bfloat16 exp_avg_sq takes the high half of a word of its own."""
+    if exp_avg_sqs is None:
+        exp_avg_sqs = new_sqs = [None] * len(params)
+    for p, phase, g, theta, new_phase, k, v, new_v in zip(params, phases, grads, thetas,
+                                                          new_phases, ks, exp_avg_sqs, new_sqs):
+        def rounds(dst, value):
+            return (stochastic and value is not dst and dst.dtype in SIXTEEN_BIT
+                    and dst.numel() > 0)
+        round_theta, round_phase = rounds(p, theta), rounds(phase, new_phase)
+        round_sq = v is not None and rounds(v, new_v)
+        if round_theta or round_phase or round_sq:
+            key = rounding_key(seed, k, p.numel())
+            index = element_indices(p, g, phase, *([] if v is None else [v]))
         if round_theta or round_phase:
-            bits = random_bits(rounding_key(seed, k, p.numel()), element_indices(p, g, phase))
+            bits = random_bits(key, index)
         if theta is not p:
             _store(p, theta, theta_bits(bits) if round_theta else None)
         if new_phase is not phase:
             _store(phase, new_phase, phase_bits(bits) if round_phase else None)
+        if v is not None and new_v is not v:
+            _store(v, new_v, theta_bits(random_bits(sq_rounding_key(key), index))
+                   if round_sq else None)
 
 
 def _loop_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._base import FusedListOptimizer
 from ._contract import (PARAM_DTYPES, check_innaprop_hyperparameters, check_rounding,
-                        check_state_dtype, default_phase_dtype, phase_dtype_for, valid_lr)
+                        check_state_dtype, phase_dtype_for, valid_lr)
 from .innaprop_functional import (fused_available, fused_unavailable_reason, innaprop,
                                   step_plain_fused)
 
@@ -39,16 +39,16 @@ class INNAprop(FusedListOptimizer):
         eps: ε ≥ 0 added to the denominator.
         weight_decay: decoupled weight decay λ ≥ 0 (θ ← (1 − γλ)θ before the update).
         maximize: maximize the objective instead of minimizing it.
-        state_dtype: dtype of the phase (None: float32, float64 for float64 params;
-            ``torch.bfloat16`` for any param). ``exp_avg_sq`` is always float32 (float64 for
-            float64 params).
+        state_dtype: dtype of the state, phase and ``exp_avg_sq`` (None: float32, float64 for
+            float64 params; ``torch.bfloat16`` for any param: 4 bytes of state per param, both
+            tensors rounded stochastically with ``stochastic_rounding``).
         stochastic_rounding, seed: as for :class:`inna_fused.INNA` (16-bit params and bfloat16
             phases round stochastically with reproducible bits).
         foreach, fused, capturable: implementation choice, as for :class:`inna_fused.INNA`.
             The fused INNAprop kernel is used when the compiled extension has it.
 
-    State per parameter: ``phase`` (w, in ``state_dtype``), ``exp_avg_sq`` and ``step`` (a float32
-    tensor). ``load_state_dict`` also accepts the authors' state (``psi``, ``exp_avg_sq``, int
+    State per parameter: ``phase`` (w) and ``exp_avg_sq`` (v), both in ``state_dtype``, and
+    ``step`` (a float32 tensor). ``load_state_dict`` also accepts the authors' state (``psi``, ``exp_avg_sq``, int
     ``step``), converting ψ in float64; ``psi_state_dict()`` saves in that format.
     """
 
@@ -114,10 +114,9 @@ class INNAprop(FusedListOptimizer):
     _kernel_unavailable_reason = staticmethod(fused_unavailable_reason)
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"phase": torch.zeros_like(p, dtype=phase_dtype_for(p, group["state_dtype"]),
-                                          memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, dtype=default_phase_dtype(p.dtype),
-                                               memory_format=torch.preserve_format)}
+        dtype = phase_dtype_for(p, group["state_dtype"])
+        return {key: torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                for key in self._state_keys}
 
     # The op's and the functional API's keyword arguments, lr apart.
     _op_keys = ("alpha", "beta", "sigma", "eps", "weight_decay", "maximize",

@@ -9,9 +9,10 @@ their step t = k + 1 reads exactly, cancellation-free (γ = lr, λ = weight_deca
     if λ ≠ 0: w ← w + (1 − αβ)γλθ/β,  θ ← (1 − γλ)θ
     θ ← θ − γ(w + βu);  w ← (1 − αγ)w + (1 − αβ)γu
 
-exp_avg_sq (v) is float32 (float64 for float64 params) and never rounded; θ of 16-bit params and
-bfloat16 phases round stochastically with INNA's bits (`inna_fused.rounding`, keyed by (seed, k,
-numel); θ the high 16 bits, the phase the low 16 bits). Checks, grouping and stores reuse
+exp_avg_sq (v) has the phase's dtype: float32 (float64 for float64 params) or bfloat16. θ of
+16-bit params and bfloat16 phases round stochastically with INNA's bits (`inna_fused.rounding`,
+keyed by (seed, k, numel); θ the high 16 bits, the phase the low 16 bits), a bfloat16 v with the
+high half of a second word per element (`sq_rounding_key`). Checks, grouping and stores reuse
 `inna_fused.functional`'s helpers.
 
 Implementations: "fused" (torch.ops.inna_fused.fused_innaprop_, when the compiled extension has
@@ -45,8 +46,8 @@ def fused_unavailable_reason(device_type: str) -> str:
 
 def check_exp_avg_sqs(params: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor], phases, grads,
                       steps) -> None:
-    """exp_avg_sq: the param's shape and device, float32 (float64 for float64 params), owning its
-    memory; plus no overlap with any other written or read tensor."""
+    """exp_avg_sq: the param's shape and device, its phase's dtype, owning its memory; plus no
+    overlap with any other written or read tensor (the phases are already checked)."""
     if len(exp_avg_sqs) != len(params):
         raise ValueError(f"INNAprop: lists must have equal lengths, got params={len(params)} "
                          f"exp_avg_sqs={len(exp_avg_sqs)}")
@@ -55,10 +56,11 @@ def check_exp_avg_sqs(params: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor], p
     for i, (p, v) in enumerate(zip(params, exp_avg_sqs)):
         if not isinstance(v, Tensor):
             raise TypeError(f"INNAprop: exp_avg_sqs[{i}] is {type(v).__name__}, not a Tensor")
-        need = default_phase_dtype(p.dtype)
+        need = phases[i].dtype
         if v.dtype != need or v.layout != torch.strided:
-            raise TypeError(f"INNAprop: exp_avg_sqs[{i}] has dtype {v.dtype} but a {p.dtype} param "
-                            f"needs a strided {need} exp_avg_sq")
+            raise TypeError(f"INNAprop: exp_avg_sqs[{i}] has dtype {v.dtype} (layout {v.layout}) "
+                            f"but its phase is {need}; exp_avg_sq takes the phase's dtype and is "
+                            "strided")
         if v.device != p.device or v.shape != p.shape:
             raise ValueError(f"INNAprop: exp_avg_sqs[{i}] ({tuple(v.shape)} on {v.device}) does "
                              f"not match its param ({tuple(p.shape)} on {p.device})")
@@ -222,13 +224,13 @@ def _loop_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, alpha, beta
         grad = g.detach().to(compute)
         if factor is not None:
             grad = grad * factor
-        if k == 0:
-            v.zero_()
-            w = torch.zeros_like(theta)
-        else:
-            w = phase.to(compute)
-        v.mul_(sigma).addcmul_(grad, grad, value=1.0 - sigma)
-        d = v.sqrt().div_(c["bias"]).add_(eps)
+        w = torch.zeros_like(theta) if k == 0 else phase.to(compute)
+        if v.dtype == compute:  # updated in place
+            new_v = v.zero_() if k == 0 else v
+        else:  # bfloat16: in a compute copy, stored (rounded) with θ and the phase
+            new_v = torch.zeros_like(theta) if k == 0 else v.to(compute)
+        new_v.mul_(sigma).addcmul_(grad, grad, value=1.0 - sigma)
+        d = new_v.sqrt().div_(c["bias"]).add_(eps)
         u = grad / d
         if weight_decay != 0:
             w = w + theta * c["wd_to_phase"]
@@ -237,7 +239,8 @@ def _loop_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, alpha, beta
         new_w = w * c["phase_decay"]
         new_w = new_w + u * c["phase_gain"]
         new_theta = theta - theta_step * c["gamma"]
-        _stores([p], [phase], [g], [new_theta], [new_w], [k], stochastic_rounding, seed)
+        _stores([p], [phase], [g], [new_theta], [new_w], [k], stochastic_rounding, seed, [v],
+                [new_v])
         step.add_(1)
 
 
@@ -259,12 +262,17 @@ def _foreach_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, alpha, b
         grad = torch._foreach_mul(grad, factor)
     w = [torch.zeros_like(t) if k == 0 else s.to(compute, copy=True)
          for t, s, k in zip(theta, phases, ks)]
-    first = [exp_avg_sqs[i] for i, k in enumerate(ks) if k == 0]
-    if first:
-        torch._foreach_zero_(first)
-    torch._foreach_mul_(exp_avg_sqs, sigma)
-    torch._foreach_addcmul_(exp_avg_sqs, grad, grad, value=1.0 - sigma)
-    d = torch._foreach_sqrt(exp_avg_sqs)
+    if exp_avg_sqs[0].dtype == compute:  # updated in place
+        new_v = exp_avg_sqs
+        first = [exp_avg_sqs[i] for i, k in enumerate(ks) if k == 0]
+        if first:
+            torch._foreach_zero_(first)
+    else:  # bfloat16 (the group's phase dtype): compute copies, stored with θ and the phase
+        new_v = [torch.zeros_like(t) if k == 0 else s.to(compute)
+                 for t, s, k in zip(theta, exp_avg_sqs, ks)]
+    torch._foreach_mul_(new_v, sigma)
+    torch._foreach_addcmul_(new_v, grad, grad, value=1.0 - sigma)
+    d = torch._foreach_sqrt(new_v)
     torch._foreach_div_(d, [c["bias"] for c in coeffs])
     torch._foreach_add_(d, eps)
     u = torch._foreach_div(grad, d)
@@ -276,5 +284,6 @@ def _foreach_innaprop(params, grads, phases, exp_avg_sqs, steps, *, lr, alpha, b
     new_w = torch._foreach_add(new_w, torch._foreach_mul(u, [c["phase_gain"] for c in coeffs]))
     new_theta = torch._foreach_sub(theta, torch._foreach_mul(theta_step,
                                                              [c["gamma"] for c in coeffs]))
-    _stores(params, phases, grads, new_theta, new_w, ks, stochastic_rounding, seed)
+    _stores(params, phases, grads, new_theta, new_w, ks, stochastic_rounding, seed, exp_avg_sqs,
+            new_v)
     torch._foreach_add_(steps, 1)

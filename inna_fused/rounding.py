@@ -5,6 +5,8 @@ its two 16-bit neighbours, up with probability equal to its distance from the lo
 of their gap (resolution 2^-16). The random bits are a counter-based hash of (seed, step k, numel,
 element index), so the foreach and loop paths draw exactly the bits the compiled kernels draw. One
 32-bit hash per element serves both stores: its high 16 bits round θ, its low 16 bits the phase.
+INNAprop's bfloat16 exp_avg_sq draws a second word per element under `sq_rounding_key`, whose high
+16 bits round it.
 
 Unsigned 32-bit values are held in int64 tensors. A 32×32-bit product would overflow int64, so
 `_mul_u32` multiplies by the two 16-bit halves of the constant and keeps the low 32 bits.
@@ -31,6 +33,11 @@ def splitmix64(z: int) -> int:
 def rounding_key(seed: int, step: int, numel: int) -> int:
     """One 64-bit key per (tensor, step); `step` is k before the step."""
     return splitmix64(splitmix64(splitmix64(seed & _MASK64) ^ (step & _MASK64)) ^ (numel & _MASK64))
+
+
+def sq_rounding_key(key: int) -> int:
+    """The key of the words that round a bfloat16 exp_avg_sq, from the (tensor, step) key."""
+    return splitmix64(key ^ 0xD1B54A32D192ED03)
 
 
 def _mul_u32(x: Tensor, constant: int) -> Tensor:
@@ -77,13 +84,13 @@ def _is_dense(t: Tensor) -> bool:
     return True
 
 
-def element_indices(param: Tensor, grad: Tensor, phase: Tensor) -> Tensor:
+def element_indices(param: Tensor, *others: Tensor) -> Tensor:
     """The index each element of `param` has in the compiled kernel's walk, as an int64 tensor of
-    param's shape: its position in memory when param is dense and grad and phase have its strides
-    (the kernel walks the three as flat arrays), else its row-major position (the kernel works on
-    contiguous copies)."""
+    param's shape: its position in memory when param is dense and `others` (its grad and state
+    tensors) have its strides (the kernel walks them all as flat arrays), else its row-major
+    position (the kernel works on contiguous copies)."""
     numel = param.numel()
-    if _is_dense(param) and grad.stride() == param.stride() and phase.stride() == param.stride():
+    if _is_dense(param) and all(t.stride() == param.stride() for t in others):
         index = torch.empty_strided(param.shape, param.stride(), dtype=torch.int64,
                                     device=param.device)
         torch.as_strided(index, (numel,), (1,), 0).copy_(

@@ -55,12 +55,11 @@ def test_documented_byte_counts():
                          ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("provider", B.INNAPROP_PROVIDERS)
 def test_innaprop_moves_theta_grad_phase_and_exp_avg_sq(provider, dtype):
-    # Reads θ, g, the phase, exp_avg_sq; writes θ, the phase, exp_avg_sq. exp_avg_sq is float32
-    # for 16-bit and float32 params, float64 for float64 ones; the phase too, unless bfloat16.
-    wide = 8 if dtype == torch.float64 else 4
-    phase = 2 if provider == "innaprop-bf16state" else wide
-    reads = _size(dtype) + _size(dtype) + phase + wide
-    writes = _size(dtype) + phase + wide
+    # Reads θ, g, the phase, exp_avg_sq; writes θ, the phase, exp_avg_sq. The state is float32
+    # for 16-bit and float32 params, float64 for float64 ones, unless bfloat16 (both tensors).
+    state = 2 if provider == "innaprop-bf16state" else 8 if dtype == torch.float64 else 4
+    reads = _size(dtype) + _size(dtype) + 2 * state
+    writes = _size(dtype) + 2 * state
     assert B.bytes_per_element(provider, dtype) == reads + writes
 
 
@@ -68,11 +67,12 @@ def test_innaprop_and_adamw_move_as_many_bytes_in_float32():
     # Both keep two float32 tensors of state: θ, g, phase, v against θ, g, m, v (7 × 4 bytes).
     assert B.bytes_per_element("innaprop", torch.float32) == \
         B.bytes_per_element("adamw", torch.float32) == 7 * _size(torch.float32)
-    # The bf16 phase saves 2 × 2 bytes; bf16 params save 3 × 2 (θ read + written, g read).
+    # The bf16 state saves 4 × 2 bytes (phase and v, each read + written); bf16 params save 3 × 2
+    # (θ read + written, g read).
     f32 = B.bytes_per_element("innaprop", torch.float32)
-    assert B.bytes_per_element("innaprop-bf16state", torch.float32) == f32 - 2 * 2
+    assert B.bytes_per_element("innaprop-bf16state", torch.float32) == f32 - 4 * 2
     assert B.bytes_per_element("innaprop", torch.bfloat16) == f32 - 3 * 2
-    assert B.bytes_per_element("innaprop-bf16state", torch.bfloat16) == f32 - 3 * 2 - 2 * 2
+    assert B.bytes_per_element("innaprop-bf16state", torch.bfloat16) == f32 - 3 * 2 - 4 * 2
     # The authors' loop and the foreach path are charged what the fused step must move.
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         assert (B.bytes_per_element("innaprop-loop", dtype)
@@ -257,12 +257,11 @@ def test_authors_loop_keeps_their_state_and_skips_params_without_grad():
 
 
 @requires_innaprop_kernel
-def test_innaprop_bf16_state_runner_keeps_a_bf16_phase_and_steps_like_the_others():
+def test_innaprop_bf16_state_runner_keeps_bf16_state_and_steps_like_the_others():
     _, runs = _innaprop_runs(["innaprop", "innaprop-bf16state"], torch.float32, steps=2)
     bf16 = runs["innaprop-bf16state"]
     for p in bf16.param_groups[0]["params"]:
-        assert bf16.state[p]["phase"].dtype == torch.bfloat16
-        assert bf16.state[p]["exp_avg_sq"].dtype == torch.float32
+        assert bf16.state[p]["phase"].dtype == bf16.state[p]["exp_avg_sq"].dtype == torch.bfloat16
     for a, b in zip(bf16.param_groups[0]["params"], runs["innaprop"].param_groups[0]["params"]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
@@ -565,7 +564,7 @@ def test_gpu_bench_cpu_smoke_run(tmp_path, capsys, monkeypatch):
     assert prop["elements"] == sum(math.prod(s) for s in gpu_bench.gpt2_shapes(1, 16, 32, 8))
     assert prop["innaprop_GBps"] == pytest.approx(
         28 * prop["elements"] / prop["innaprop_ms"] / 1e6)
-    assert "graph_ms" not in results["innaprop_state_dtypes"]["fp32 θ,g + fp32 phase"]  # no GPU
+    assert "graph_ms" not in results["innaprop_state_dtypes"]["fp32 θ,g + fp32 state"]  # no GPU
     assert prop["authors_ms"] > 0
     capsys.readouterr()
     assert gpu_bench.main(["--device", "cpu", "--layers", "1", "--d-model", "16", "--vocab", "32",

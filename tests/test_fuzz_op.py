@@ -78,9 +78,8 @@ def fresh_entry(dtype, shape, rng_seed, phase_dtype=None, exp_avg_sq=False):
     entry = dict(params=param.to(dtype), grads=grad.to(dtype),
                  phases=phase.to(phase_dtype or default_phase_dtype(dtype)),
                  steps=torch.tensor(1.0))
-    if exp_avg_sq:
-        entry["exp_avg_sqs"] = torch.randn(shape, generator=gen).abs().to(
-            default_phase_dtype(dtype))
+    if exp_avg_sq:  # in the phase's dtype
+        entry["exp_avg_sqs"] = torch.randn(shape, generator=gen).abs().to(entry["phases"].dtype)
     return entry
 
 
@@ -198,14 +197,17 @@ DEFECTS = [
 
 def _sq_overlaps(key):
     """exp_avg_sqs[i] and `key`[i] are views of one buffer: `key`[i] starts one of its elements
-    in (at the start when there is one element), so they overlap whatever the two dtypes."""
+    in (at the start when there is one element, or when its dtype is the wider), so they overlap
+    whatever the two dtypes."""
     def inject(case, rng):
         i = _nonempty(case, rng)
         shape, n = case["params"][i].shape, case["params"][i].numel()
-        buffer = torch.zeros(n + 1, dtype=case["exp_avg_sqs"][i].dtype)  # widest of the dtypes
-        case["exp_avg_sqs"][i] = buffer[:n].view(shape)
-        start = 1 if n > 1 else 0
-        case[key][i] = buffer.view(case[key][i].dtype)[start:start + n].view(shape)
+        sq_dtype, dtype = case["exp_avg_sqs"][i].dtype, case[key][i].dtype
+        wide = max(sq_dtype, dtype, key=lambda d: torch.finfo(d).bits)
+        buffer = torch.zeros(n + 1, dtype=wide)  # room for n + 1 elements of either dtype
+        case["exp_avg_sqs"][i] = buffer.view(sq_dtype)[:n].view(shape)
+        start = 1 if n > 1 and torch.finfo(dtype).bits <= torch.finfo(sq_dtype).bits else 0
+        case[key][i] = buffer.view(dtype)[start:start + n].view(shape)
     return inject
 
 
@@ -217,9 +219,15 @@ def _sqs_alias(case, rng):
 
 
 def _step_in_sq(case, rng):
+    """A valid float32 step whose bytes overlap exp_avg_sqs[i]'s first element."""
     i = _nonempty(case, rng)
-    sq = case["exp_avg_sqs"][i]  # float32 or float64: a valid step dtype
-    case["steps"][rng.randrange(len(case["steps"]))] = sq.as_strided((), (), sq.storage_offset())
+    sq = case["exp_avg_sqs"][i]
+    if sq.dtype == torch.bfloat16:  # a float32 over that element and a 2-byte neighbour
+        step = torch.empty((), dtype=torch.float32)
+        step.set_(sq.untyped_storage(), sq.storage_offset() * 2 // 4, ())
+    else:  # float32 or float64: a valid step dtype
+        step = sq.as_strided((), (), sq.storage_offset())
+    case["steps"][rng.randrange(len(case["steps"]))] = step
 
 
 def _lr_not_below_beta(case, rng):
@@ -236,8 +244,9 @@ def _other_opmath(t):
 # INNA's defects but decay_power (INNAprop has none), and INNAprop's own.
 INNAPROP_DEFECTS = [d for d in DEFECTS if d[0] != "decay_power"] + [
     ("sq-dtype", _replace("exp_avg_sqs", _other_opmath)),
-    # A phase may be bfloat16, an exp_avg_sq may not.
-    ("sq-bfloat16", _replace("exp_avg_sqs", lambda t: t.to(torch.bfloat16))),
+    # exp_avg_sq takes the phase's dtype: bfloat16 beside a float32/float64 phase and vice versa.
+    ("sq-not-phase-dtype", _replace("exp_avg_sqs", lambda t: t.to(
+        torch.float32 if t.dtype == torch.bfloat16 else torch.bfloat16))),
     ("sq-float16", _replace("exp_avg_sqs", lambda t: t.to(torch.float16))),
     ("sq-int", _replace("exp_avg_sqs", lambda t: torch.zeros(t.shape, dtype=torch.int32))),
     ("sq-shape", _replace("exp_avg_sqs", lambda t: torch.zeros(t.shape + (1,), dtype=t.dtype))),
@@ -336,7 +345,7 @@ def make_case(seed, algorithm="inna"):
         phase = GuardedView(shape, phase_dtype, rng.choice(LAYOUTS), gen)
         states = [phase]
         if prop:
-            sq = GuardedView(shape, default_phase_dtype(dtype), rng.choice(LAYOUTS), gen)
+            sq = GuardedView(shape, phase_dtype, rng.choice(LAYOUTS), gen)  # the phase's dtype
             sq.view.abs_()  # a second moment
             sq.before = sq.buffer.clone()
             states.append(sq)

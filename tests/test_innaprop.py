@@ -112,10 +112,10 @@ def least_squares():
     return a.float(), y.float()
 
 
-def lsq_train(dtype, steps=600):
+def lsq_train(dtype, steps=600, **kwargs):
     a, y = least_squares()
     theta = torch.nn.Parameter(torch.ones(256, dtype=dtype))
-    opt = INNAprop([theta], lr=0.01, fused=False, foreach=True)  # other arguments: the defaults
+    opt = INNAprop([theta], lr=0.01, fused=False, foreach=True, **kwargs)  # else the defaults
     for k in range(steps):
         rows = slice(64 * (k % 8), 64 * (k % 8 + 1))
         t = theta.detach().float()
@@ -128,8 +128,66 @@ def test_bf16_params_with_sr_train_like_float32():
     a, y = least_squares()
     start = 0.5 * (a @ torch.ones(256) - y).square().mean().item()
     f32, bf16 = lsq_train(torch.float32), lsq_train(torch.bfloat16)
+    # 4 bytes of optimizer state per param: the phase and exp_avg_sq in bfloat16.
+    bf16_state = lsq_train(torch.bfloat16, state_dtype=torch.bfloat16)
     assert f32 < 0.5 * start
     assert bf16 <= 1.1 * f32, (bf16, f32)
+    assert bf16_state <= 1.1 * f32, (bf16_state, f32)
+
+
+def second_moments(steps=400, n=8192, **kwargs):
+    """exp_avg_sq after `steps` steps on N(0, 1) gradients for 100 steps, then gradients 100×
+    smaller: v must decay by (1 − σ) = 0.1% a step, below half a bfloat16 ulp (0.2–0.4%). lr = 0
+    keeps θ (and so nothing but the rounding) identical between runs."""
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = INNAprop([p], lr=0.0, **kwargs)
+    gen = torch.Generator().manual_seed(0)
+    for k in range(steps):
+        p.grad = torch.randn(n, generator=gen) * (1.0 if k < 100 else 0.01)
+        opt.step()
+    return opt.state[p]["exp_avg_sq"]
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach", "loop"])
+def test_bf16_exp_avg_sq_rounds_without_bias(impl):
+    if impl == "fused" and not op_present:
+        pytest.skip("fused_innaprop_ not built")
+    choice = {"fused": dict(fused=True), **IMPLS}[impl]
+    exact = second_moments(**choice).double()
+    for sr in (True, False):
+        v = second_moments(state_dtype=torch.bfloat16, stochastic_rounding=sr, **choice)
+        assert v.dtype == torch.bfloat16
+        rel = (v.double() - exact) / exact
+        if sr:  # unbiased: the mean relative error is within 5 standard errors of 0
+            assert rel.mean().abs() < 5 * rel.std() / math.sqrt(rel.numel()), rel.mean()
+        else:  # rounding to nearest loses every 0.1% decay: v stays ~1/σ^300 ≈ 1.35× too large
+            assert rel.mean() > 0.2, rel.mean()
+
+
+def test_state_converts_to_the_loaded_groups_state_dtype():
+    """Checkpoints of earlier versions (bfloat16 phase, float32 exp_avg_sq) load with both in
+    bfloat16; a group's state_dtype edited in a checkpoint converts its state both ways."""
+    params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+    opt = INNAprop(params, **DEFAULTS, fused=False, foreach=True)
+    for k in range(3):
+        for p, g in zip(params, grad_at(k, SHAPES, torch.float32)):
+            p.grad = g
+        opt.step()
+    saved = opt.state_dict()
+    saved["param_groups"][0]["state_dtype"] = torch.bfloat16
+    low = INNAprop(params, **DEFAULTS, fused=False, foreach=True)
+    low.load_state_dict(saved)
+    for i, p in enumerate(params):
+        for key in ("phase", "exp_avg_sq"):
+            assert torch.equal(low.state[p][key], saved["state"][i][key].bfloat16()), key
+    for p, g in zip(params, grad_at(3, SHAPES, torch.float32)):
+        p.grad = g
+    low.step()  # exp_avg_sq must have the phase's dtype: the step checks it
+    back = low.state_dict()
+    back["param_groups"][0]["state_dtype"] = None
+    opt.load_state_dict(back)
+    assert all(opt.state[p][key].dtype == torch.float32 for p in params
+               for key in ("phase", "exp_avg_sq"))
 
 
 def test_authors_state_dict_loads_and_continues_as_their_class():
@@ -256,8 +314,7 @@ def test_foreach_and_loop_are_bitwise_equal_with_sr(dtype, state_dtype):
         for x, y in zip(a, b):
             assert x.dtype == y.dtype and torch.equal(x, y)
     for p, phase, v in results[0]:
-        assert v.dtype == torch.float32
-        assert phase.dtype == (state_dtype or torch.float32)
+        assert phase.dtype == v.dtype == (state_dtype or torch.float32)
 
 
 def test_stochastic_rounding_moves_bf16_params_by_tiny_updates_on_average():
@@ -463,7 +520,7 @@ def test_params_without_grad_and_several_groups():
     opt.step()
     assert ps[1] not in opt.state and torch.equal(ps[1].detach(), torch.ones(2))
     assert opt.state[ps[2]]["phase"].dtype == torch.bfloat16
-    assert opt.state[ps[2]]["exp_avg_sq"].dtype == torch.float32
+    assert opt.state[ps[2]]["exp_avg_sq"].dtype == torch.bfloat16  # the state_dtype
     assert (ps[0].detach() < 1).all() and (ps[2].detach() < 1).all()
 
 

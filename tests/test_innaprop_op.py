@@ -37,7 +37,7 @@ def make_state(shapes, dtype, phase_dtype=None, seed=0):
     opmath = torch.float64 if dtype == torch.float64 else torch.float32
     params = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
     phases = [torch.full(s, float("nan"), dtype=phase_dtype or opmath) for s in shapes]
-    sqs = [torch.full(s, float("nan"), dtype=opmath) for s in shapes]
+    sqs = [torch.full(s, float("nan"), dtype=phase_dtype or opmath) for s in shapes]  # v: the phase's
     steps = [torch.zeros((), dtype=torch.float32) for _ in shapes]
     return params, phases, sqs, steps
 
@@ -112,7 +112,7 @@ def test_bf16_params_stochastic_rounding(phase_dtype):
         g = grads_for(pref, k)
         call(pref, g, wref, sref, stref, h)
         call(pb, [x.bfloat16() for x in g], wb, sb, stb, h, seed=3)
-    assert sb[0].dtype == torch.float32 and wb[0].dtype == phase_dtype
+    assert sb[0].dtype == wb[0].dtype == phase_dtype
     # SR keeps θ moving although each step is far below half an ulp of bf16.
     assert (pb[0] != start).float().mean() > 0.2
     moved_ref = (pref[0] - start.float())

@@ -646,7 +646,7 @@ torch::Tensor INNAprop::step(LossClosure closure) {
       if (!p.grad().defined()) continue;
       const auto phase_dtype =
           resolve_state_dtype_for(kInnaprop, options.state_dtype(), p.scalar_type());
-      const auto sq_dtype = contract::innaprop_exp_avg_sq_dtype(p.scalar_type());
+      const auto sq_dtype = phase_dtype;  // exp_avg_sq takes the phase's dtype
       auto& slot = state()[p.unsafeGetTensorImpl()];
       if (!slot) {
         // Zeros as the Python class (the op never reads them on a param's first step).
@@ -660,7 +660,7 @@ torch::Tensor INNAprop::step(LossClosure closure) {
       }
       auto& st = static_cast<INNApropParamState&>(*slot);
       // State loaded from an archive may sit on another device or have another dtype; a changed
-      // state_dtype converts the phase here.
+      // state_dtype converts the phase and exp_avg_sq here.
       if (st.step().device() != p.device()) st.step(st.step().to(p.device()));
       st.phase(st.phase().to(p.device(), phase_dtype));
       st.exp_avg_sq(st.exp_avg_sq().to(p.device(), sq_dtype));

@@ -3,8 +3,8 @@
 // shared SIMD loads, stores and rounding of simd_io.h. Same structure and the same guarantees as
 // inna_cpu.cpp (which see): full blocks and a partial tail run the same per-lane IEEE operations,
 // the rounding's bits depend on the element's index only, so results are bitwise identical for
-// any thread count. exp_avg_sq is always in the opmath dtype and stored unrounded; on the first
-// step neither the phase nor exp_avg_sq is read.
+// any thread count. exp_avg_sq has the phase's dtype: in bfloat16 it rounds like the phase, with
+// bits of its own (sq_rounding_key); on the first step neither the phase nor exp_avg_sq is read.
 #include "simd_io.h"
 
 #include "../contract.h"
@@ -38,6 +38,7 @@ struct Entry {
   double bias_sqrt;  // sqrt(1 − σ^(k+1))
   bool first_step;
   uint64_t rounding_key;
+  uint64_t sq_rounding_key;
 };
 
 template <typename scalar_t, typename phase_t>
@@ -50,7 +51,7 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
   constexpr int64_t L = kBlock<opmath_t>;
   scalar_t* theta = static_cast<scalar_t*>(entry.param) + first;
   phase_t* phase = static_cast<phase_t*>(entry.phase) + first;
-  opmath_t* sq = static_cast<opmath_t*>(entry.exp_avg_sq) + first;
+  phase_t* sq = static_cast<phase_t*>(entry.exp_avg_sq) + first;
   const scalar_t* grad = static_cast<const scalar_t*>(entry.grad) + first;
   const bool first_step = entry.first_step;
   auto update_block = [&](int64_t i, int64_t count, auto full) {
@@ -70,7 +71,10 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
     }
     store_block<kFull>(theta + i, count, th0, th1, sr_theta, bits, BitsHalf::kTheta);
     store_block<kFull>(phase + i, count, w0, w1, sr_phase, bits, BitsHalf::kPhase);
-    store_block<kFull>(sq + i, count, s0, s1, false, bits, BitsHalf::kPhase);
+    if (sr_phase) {  // a bfloat16 exp_avg_sq: its own word per element
+      block_random_bits<L>(entry.sq_rounding_key, static_cast<uint64_t>(first + i), bits);
+    }
+    store_block<kFull>(sq + i, count, s0, s1, sr_phase, bits, BitsHalf::kTheta);
   };
   int64_t i = 0;
   for (; i + L <= n; i += L) {
@@ -110,9 +114,10 @@ void cpu_kernel_typed(const InnaLists& lists, const InnaHyper& h) {
     if (p.numel() == 0) continue;
     const double k = cpu::read_step(lists.steps[i]);
     const auto numel = static_cast<uint64_t>(p.numel());
+    const uint64_t key = rounding_key(seed, static_cast<uint64_t>(k), numel);
     entries.push_back({p.data_ptr(), lists.phases[i].data_ptr(), lists.exp_avg_sqs[i].data_ptr(),
                        lists.grads[i].const_data_ptr(), contract::innaprop_bias_sqrt(h.sigma, k),
-                       k == 0.0, rounding_key(seed, static_cast<uint64_t>(k), numel)});
+                       k == 0.0, key, sq_rounding_key(key)});
     split.add(p.numel());
   }
 

@@ -5,10 +5,10 @@
 // innaprop_math.h (INNA's phase update fed with the RMSprop-scaled gradient), the per-tensor
 // scalars contract.h.
 //
-// Lists: (params, grads, phases, exp_avg_sqs), Depth 4, in the op's order. exp_avg_sq is in the
-// opmath dtype and stored unrounded; on the first step neither it nor the phase is read. The
-// rounding bits (θ: high half, phase: low half) are INNA's, so results equal the CPU kernel's bit
-// for bit.
+// Lists: (params, grads, phases, exp_avg_sqs), Depth 4, in the op's order. exp_avg_sq has the
+// phase's dtype; on the first step neither it nor the phase is read. The rounding bits (θ: high
+// half, phase: low half) are INNA's, a bfloat16 exp_avg_sq's the high half of a second word under
+// sq_rounding_key, so results equal the CPU kernel's bit for bit.
 #pragma once
 
 #include "../contract.h"
@@ -81,40 +81,42 @@ C10_HOST_DEVICE INNA_INLINE int32_t innaprop_block_thread(int64_t block, int thr
   const bool sr_phase = contract::rounds_stochastically<phase_t>(s.stochastic_rounding);
   const bool sr_any = sr_theta || sr_phase;
   const uint64_t first = static_cast<uint64_t>(work.start);
-  const uint32_t salt =
-      sr_any ? rounding_salt(rounding_key(static_cast<uint64_t>(s.seed), static_cast<uint64_t>(k),
-                                          static_cast<uint64_t>(meta.numel[t])),
-                             first)
-             : 0u;
+  const uint64_t key = sr_any ? rounding_key(static_cast<uint64_t>(s.seed),
+                                             static_cast<uint64_t>(k),
+                                             static_cast<uint64_t>(meta.numel[t]))
+                              : 0u;
+  const uint32_t salt = sr_any ? rounding_salt(key, first) : 0u;
+  // A bfloat16 exp_avg_sq rounds like the phase (sr_phase), with a word of its own.
+  const uint32_t sq_salt = sr_phase ? rounding_salt(sq_rounding_key(key), first) : 0u;
 
   scalar_t* theta = static_cast<scalar_t*>(meta.ptr[kPropParams][t]) + work.start;
   phase_t* phase = static_cast<phase_t*>(meta.ptr[kPropPhases][t]) + work.start;
-  opmath_t* sq = static_cast<opmath_t*>(meta.ptr[kPropExpAvgSqs][t]) + work.start;
+  phase_t* sq = static_cast<phase_t*>(meta.ptr[kPropExpAvgSqs][t]) + work.start;
   const scalar_t* grad = static_cast<const scalar_t*>(meta.ptr[kPropGrads][t]) + work.start;
   const int32_t count = static_cast<int32_t>(work.count);
   const int32_t stride = block_size * kILP;
 
-  auto update = [&](scalar_t& th, phase_t& ps, opmath_t& v, scalar_t gr, int32_t i) {
+  auto update = [&](scalar_t& th, phase_t& ps, phase_t& v, scalar_t gr, int32_t i) {
     opmath_t x = static_cast<opmath_t>(th);
     opmath_t w = first_step ? opmath_t(0) : static_cast<opmath_t>(ps);
-    opmath_t vs = first_step ? opmath_t(0) : v;
+    opmath_t vs = first_step ? opmath_t(0) : static_cast<opmath_t>(v);
     innaprop_update(x, w, vs, static_cast<opmath_t>(gr), pc, c, flags, first_step, scale_grad);
-    const uint32_t bits = sr_any ? mix32(static_cast<uint32_t>(first + i) ^ salt) : 0u;
+    const uint32_t index = static_cast<uint32_t>(first + i);
+    const uint32_t bits = sr_any ? mix32(index ^ salt) : 0u;
     th = round_store<scalar_t>(x, sr_theta, theta_bits(bits));
     ps = round_store<phase_t>(w, sr_phase, phase_bits(bits));
-    v = vs;
+    v = round_store<phase_t>(vs, sr_phase, sr_phase ? theta_bits(mix32(index ^ sq_salt)) : 0u);
   };
 
   using PhasePack = Pack<phase_t, kVec>;
-  using SqPack = Pack<opmath_t, kVec>;
   if (aligned_to<16>(theta) && aligned_to<16>(grad) && aligned_to<alignof(PhasePack)>(phase) &&
-      aligned_to<alignof(SqPack)>(sq)) {
+      aligned_to<alignof(PhasePack)>(sq)) {
     const int32_t nvec = count / kVec;
     for (int32_t base = 0; base < nvec; base += stride) {
       Pack<scalar_t, kVec> th[kILP] = {};
       Pack<scalar_t, kVec> gr[kILP] = {};
       PhasePack ps[kILP] = {};
-      SqPack vs[kILP] = {};
+      PhasePack vs[kILP] = {};
       INNA_UNROLL
       for (int j = 0; j < kILP; ++j) {
         const int32_t v = base + thread + j * block_size;
@@ -123,7 +125,7 @@ C10_HOST_DEVICE INNA_INLINE int32_t innaprop_block_thread(int64_t block, int thr
           gr[j] = load_pack<scalar_t, kVec>(grad + int64_t(v) * kVec);
           if (!first_step) {
             ps[j] = load_pack<phase_t, kVec>(phase + int64_t(v) * kVec);
-            vs[j] = load_pack<opmath_t, kVec>(sq + int64_t(v) * kVec);
+            vs[j] = load_pack<phase_t, kVec>(sq + int64_t(v) * kVec);
           }
         }
       }
@@ -137,14 +139,14 @@ C10_HOST_DEVICE INNA_INLINE int32_t innaprop_block_thread(int64_t block, int thr
           }
           store_pack<scalar_t, kVec>(theta + int64_t(v) * kVec, th[j]);
           store_pack<phase_t, kVec>(phase + int64_t(v) * kVec, ps[j]);
-          store_pack<opmath_t, kVec>(sq + int64_t(v) * kVec, vs[j]);
+          store_pack<phase_t, kVec>(sq + int64_t(v) * kVec, vs[j]);
         }
       }
     }
     for (int32_t i = nvec * kVec + thread; i < count; i += block_size) {
       scalar_t th = theta[i];
       phase_t ps = first_step ? phase_t(0) : phase[i];
-      opmath_t v = first_step ? opmath_t(0) : sq[i];
+      phase_t v = first_step ? phase_t(0) : sq[i];
       update(th, ps, v, grad[i], i);
       theta[i] = th;
       phase[i] = ps;
@@ -157,7 +159,7 @@ C10_HOST_DEVICE INNA_INLINE int32_t innaprop_block_thread(int64_t block, int thr
     scalar_t th[kILP] = {};
     scalar_t gr[kILP] = {};
     phase_t ps[kILP] = {};
-    opmath_t vs[kILP] = {};
+    phase_t vs[kILP] = {};
     INNA_UNROLL
     for (int j = 0; j < kILP; ++j) {
       const int32_t i = base + thread + j * block_size;

@@ -51,8 +51,8 @@ def bytes_per_element(provider: str, dtype: torch.dtype) -> int:
     INNA reads θ, g, its state (the phase) and writes θ and the state; the state is float32 for
     16-bit params (float32: 20, bf16: 14), or bfloat16 with `state_dtype=torch.bfloat16`
     ("fused-bf16state"; float32 params: 16, bf16: 10). INNAprop also reads and writes exp_avg_sq
-    (float32, float64 for float64 params): 3·e + 2·phase + 2·4, i.e. float32: 28 (as AdamW),
-    bf16: 22; with a bfloat16 phase ("innaprop-bf16state") float32: 24, bf16: 18.
+    (in the phase's dtype): 3·e + 4·state, i.e. float32: 28 (as AdamW), bf16: 22; with bfloat16
+    state ("innaprop-bf16state") float32: 20, bf16: 14.
     SGD with momentum reads θ, g, buf and writes θ, buf; Adam/AdamW read θ, g, m, v and
     write θ, m, v, their state in the param dtype (as torch keeps it). The stream op reads a, b
     and writes a. Per-tensor scalars (step counts) are ignored. The slower paths (per-param loop,
@@ -66,7 +66,7 @@ def bytes_per_element(provider: str, dtype: torch.dtype) -> int:
     if provider in INNA_PROVIDERS:
         return 3 * e + 2 * wide
     if provider == "innaprop-bf16state":
-        return 3 * e + 2 * 2 + 2 * wide
+        return 3 * e + 4 * 2
     if provider in INNAPROP_PROVIDERS:
         return 3 * e + 2 * wide + 2 * wide
     if provider == "sgd":

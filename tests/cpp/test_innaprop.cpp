@@ -209,8 +209,9 @@ void optimizer_matches_op_called_directly() {
       7,
       [](const torch::Tensor& p, const INNApropOptions& o) -> std::vector<torch::Tensor> {
         const auto opmath = p.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-        return {torch::zeros_like(p, torch::dtype(o.state_dtype().value_or(opmath))),
-                torch::zeros_like(p, torch::dtype(opmath)), torch::zeros({}, torch::kFloat)};
+        const auto state = torch::dtype(o.state_dtype().value_or(opmath));  // phase and v
+        return {torch::zeros_like(p, state), torch::zeros_like(p, state),
+                torch::zeros({}, torch::kFloat)};
       },
       [&](std::vector<at::Tensor>& params, std::vector<at::Tensor>& grads,
           std::vector<std::vector<at::Tensor>>& state, const INNApropOptions& o) {
@@ -220,9 +221,9 @@ void optimizer_matches_op_called_directly() {
       });
 }
 
-// State as in the Python class: phase float32 for 16/32-bit params, float64 for float64 params,
-// or bfloat16 with state_dtype(bfloat16); exp_avg_sq float32 (float64 for float64 params) always;
-// step a float32 0-d tensor counting the steps; no state for params without grad.
+// State as in the Python class: phase and exp_avg_sq float32 for 16/32-bit params, float64 for
+// float64 params, or both bfloat16 with state_dtype(bfloat16); step a float32 0-d tensor counting
+// the steps; no state for params without grad.
 void state_layout() {
   for (bool bf16_state : {false, true}) {
     std::vector<torch::Tensor> params = {torch::randn({4}).to(torch::kHalf),
@@ -238,7 +239,7 @@ void state_layout() {
                              std::to_string(i);
           expect(st.phase().scalar_type() == (bf16_state ? torch::kBFloat16 : opmath[i]),
                  which + ": phase dtype " + c10::toString(st.phase().scalar_type()));
-          expect(st.exp_avg_sq().scalar_type() == opmath[i],
+          expect(st.exp_avg_sq().scalar_type() == st.phase().scalar_type(),
                  which + ": exp_avg_sq dtype " + c10::toString(st.exp_avg_sq().scalar_type()));
           expect(st.phase().sizes() == params[i].sizes() &&
                      st.exp_avg_sq().sizes() == params[i].sizes(), which + ": state shapes");
@@ -247,8 +248,8 @@ void state_layout() {
 }
 
 // A least-squares problem (loss floor 1e-4, the noise): bfloat16 params with stochastic rounding
-// reach a loss (evaluated in float32) close to the float32 run's; with the default float32 phase
-// and with a bfloat16 phase. bfloat16's grid (2^-8 near |w| = 1) alone costs about the noise floor
+// reach a loss (evaluated in float32) close to the float32 run's; with the default float32 state
+// and with bfloat16 state (phase and exp_avg_sq). bfloat16's grid (2^-8 near |w| = 1) alone costs about the noise floor
 // again (the float32 solution rounded to bfloat16 is printed), so "close" is within 5×; rounding
 // to nearest stalls far above (updates below half a grid step are lost).
 void bf16_stochastic_rounding_trains() {
@@ -285,13 +286,13 @@ void bf16_stochastic_rounding_trains() {
   const double start = loss_of(torch::zeros({32, 1}));
   std::cout << "least squares, loss from " << start << ": float32 " << fp32
             << " (rounded to bfloat16: " << grid << "), bfloat16 " << bf16
-            << ", bfloat16 + bfloat16 phase " << bf16_state
+            << ", bfloat16 + bfloat16 state " << bf16_state
             << " (bfloat16 rounding to nearest: " << bf16_nearest << ")" << std::endl;
   expect(fp32 < 2e-4, "float32 run did not reach the noise floor: " + std::to_string(fp32));
   const double bound = 5.0 * fp32;
   expect(bf16 <= bound, "bfloat16 params with stochastic rounding: loss " + std::to_string(bf16) +
                             " > 5 × float32's " + std::to_string(fp32));
-  expect(bf16_state <= bound, "bfloat16 params and phase: loss " + std::to_string(bf16_state) +
+  expect(bf16_state <= bound, "bfloat16 params and state: loss " + std::to_string(bf16_state) +
                                   " > 5 × float32's " + std::to_string(fp32));
   expect(bf16 < 0.5 * bf16_nearest, "stochastic rounding did not beat rounding to nearest");
 }

@@ -158,8 +158,8 @@ void fused_inna_(at::TensorList params, at::TensorList grads, at::TensorList pha
 // which is the authors' step in their ψ = (1 − αβ)θ + βw exactly (w₀ = 0: ψ₀ = (1 − αβ)θ₀). The
 // authors require γ < β (their θ update divides by β − γ). csrc/innaprop_math.h is the reference.
 //
-// State per parameter (INNApropParamState): `phase` (w; dtype: state_dtype, by default float32,
-// float64 for float64 params), `exp_avg_sq` (v; always float32, float64 for float64 params) and
+// State per parameter (INNApropParamState): `phase` (w) and `exp_avg_sq` (v), both in state_dtype
+// (by default float32, float64 for float64 params; bfloat16: 4 bytes of state per param), and
 // `step` (a float32 0-d tensor on the param's device). Complex params are refused (as in Python:
 // pass torch::view_as_real views). step() calls the registered op inna_fused::fused_innaprop_ once
 // per (device, param dtype, phase dtype) of each param group.
@@ -178,7 +178,8 @@ struct INNApropOptions : public torch::optim::OptimizerCloneableOptions<INNAprop
   // Decoupled (θ ← (1 − γλ)θ before the update), as the authors'.
   TORCH_ARG(double, weight_decay) = 0.01;
   TORCH_ARG(bool, maximize) = false;
-  // dtype of the phase (not of exp_avg_sq); the rules of INNAOptions::state_dtype.
+  // dtype of the phase and of exp_avg_sq; the rules of INNAOptions::state_dtype. A bfloat16
+  // exp_avg_sq rounds stochastically like the phase (with stochastic_rounding).
   TORCH_ARG(std::optional<at::ScalarType>, state_dtype) = std::nullopt;
   TORCH_ARG(bool, stochastic_rounding) = true;
   TORCH_ARG(int64_t, seed) = 0;
@@ -198,7 +199,7 @@ struct INNApropOptions : public torch::optim::OptimizerCloneableOptions<INNAprop
 struct INNApropParamState
     : public torch::optim::OptimizerCloneableParamState<INNApropParamState> {
   TORCH_ARG(torch::Tensor, phase);       // w, with ψ = (1 − αβ)θ + βw; the param's shape
-  TORCH_ARG(torch::Tensor, exp_avg_sq);  // v, float32 (float64 for float64 params)
+  TORCH_ARG(torch::Tensor, exp_avg_sq);  // v, in the phase's dtype
   TORCH_ARG(torch::Tensor, step);        // float32 0-d tensor: k, the steps this param has taken
   // ψ read from an archive in the authors' form; INNAprop::load() converts it into `phase` and
   // clears it. Never serialized.
@@ -235,8 +236,8 @@ class INNAprop : public torch::optim::Optimizer {
 };
 
 // The registered op inna_fused::fused_innaprop_, typed: one in-place step on equal-length lists of
-// one device, one param dtype and one phase dtype (exp_avg_sqs float32, float64 for float64
-// params; steps 1-element float tensors). What INNAprop::step() calls per bucket.
+// one device, one param dtype and one phase dtype (exp_avg_sqs in the phase dtype; steps
+// 1-element float tensors). What INNAprop::step() calls per bucket.
 void fused_innaprop_(at::TensorList params, at::TensorList grads, at::TensorList phases,
                      at::TensorList exp_avg_sqs, at::TensorList steps,
                      const INNApropOptions& options);
