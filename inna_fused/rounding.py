@@ -5,8 +5,8 @@ its two 16-bit neighbours, up with probability equal to its distance from the lo
 of their gap (resolution 2^-16). The random bits are a counter-based hash of (seed, step k, numel,
 element index), so the foreach and loop paths draw exactly the bits the compiled kernels draw. One
 32-bit hash per element serves both stores: its high 16 bits round θ, its low 16 bits the phase.
-INNAprop's bfloat16 exp_avg_sq draws a second word per element under `sq_rounding_key`, whose high
-16 bits round it.
+INNAprop's bfloat16 exp_avg_sq takes 16 more bits per element from words under `sq_rounding_key`,
+one word per pair of elements (`sq_random_bits`).
 
 Unsigned 32-bit values are held in int64 tensors. A 32×32-bit product would overflow int64, so
 `_mul_u32` multiplies by the two 16-bit halves of the constant and keeps the low 32 bits.
@@ -62,6 +62,14 @@ def random_bits(key: int, index: Tensor) -> Tensor:
     half of key)."""
     salt = (key & _MASK32) ^ mix32((index >> 32) ^ (key >> 32))
     return mix32((index & _MASK32) ^ salt)
+
+
+def sq_random_bits(sq_key: int, index: Tensor) -> Tensor:
+    """The 16 random bits that round a bfloat16 exp_avg_sq's elements (int64 indices): the word of
+    the element's pair (index >> 1) under `sq_key`, its low half for an even element, its high
+    half for an odd one."""
+    word = random_bits(sq_key, index >> 1)
+    return torch.where((index & 1) == 1, word >> 16, word & 0xFFFF)
 
 
 def theta_bits(bits: Tensor) -> Tensor:

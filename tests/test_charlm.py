@@ -114,10 +114,13 @@ def test_same_seed_same_initialisation():
 
 # ---------------------------------------------------------------------------------- optimizers
 
+@pytest.mark.parametrize("state_dtype", ["default", "bfloat16"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", charlm.OPTIMIZERS)
-def test_each_optimizer_fits_a_repeated_batch(name, dtype):
-    args = _args("--dtype", dtype)
+def test_each_optimizer_fits_a_repeated_batch(name, dtype, state_dtype):
+    if state_dtype != "default" and name == "adamw":
+        pytest.skip("--state-dtype applies to INNA and INNAprop")
+    args = _args("--dtype", dtype, "--state-dtype", state_dtype)
     model = charlm.build_model(args, 0)
     # Constant lrs a notch above the defaults (tuned for 400 scheduled steps): 30 steps here.
     lr = {"innaprop": 1e-2, "adamw": 1e-2, "inna": 0.1}[name]
@@ -140,6 +143,9 @@ def test_each_optimizer_fits_a_repeated_batch(name, dtype):
     # 64 random bytes: memorising them takes the loss well below ln 256 ≈ 5.55 nats.
     assert last < first - 1.0, (name, dtype, first, last)
     assert all(p.dtype == charlm.DTYPES[dtype] for p in model.parameters())
+    if state_dtype == "bfloat16":
+        assert all(t.dtype == torch.bfloat16 for st in optimizer.state.values()
+                   for key, t in st.items() if key != "step")
 
 
 # ----------------------------------------------------------------------------------------- CLI

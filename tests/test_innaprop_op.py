@@ -220,6 +220,36 @@ def test_thread_count_independent(dtype, phase_dtype):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bf16_exp_avg_sq_rounds_with_its_documented_bits(dtype, threads):
+    """A bfloat16 exp_avg_sq rounds g² (σ = 0: v = g², exact in float32, not in bfloat16) with
+    inna_fused.rounding.sq_random_bits; with 2 threads the work split starts a span at an odd
+    element of the third tensor (65536 − 40003), where a block's pairs straddle its start."""
+    from inna_fused import rounding
+    shapes = [(40000,), (3,), (50001,)]
+    gen = torch.Generator().manual_seed(11)
+    params = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen).bfloat16().to(dtype) for s in shapes]
+    phases = [torch.zeros(s, dtype=torch.bfloat16) for s in shapes]
+    sqs = [torch.zeros(s, dtype=torch.bfloat16) for s in shapes]
+    steps = [torch.zeros(()) for _ in shapes]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        call(params, grads, phases, sqs, steps, dict(HYPER["defaults"], sigma=0.0), seed=9)
+    finally:
+        torch.set_num_threads(old)
+    moved = 0
+    for g, v in zip(grads, sqs):
+        square = g.float() * g.float()
+        key = rounding.sq_rounding_key(rounding.rounding_key(9, 0, g.numel()))
+        bits = rounding.sq_random_bits(key, torch.arange(g.numel()))
+        assert torch.equal(v, rounding.round_stochastic(square, torch.bfloat16, bits))
+        moved += int((v != square.bfloat16()).sum())
+    assert moved > 1000  # rounded away from the nearest value often: the bits matter
+
+
 def test_non_contiguous_entries_written_back():
     h = HYPER["defaults"]
     base = torch.randn(8, 6, dtype=torch.float64)

@@ -60,6 +60,17 @@ def test_random_bits_use_both_halves_of_index_and_key():
     assert rounding.phase_bits(torch.tensor([0xABCD1234])).item() == 0x1234
 
 
+def test_sq_random_bits_split_one_word_per_pair_of_elements():
+    key = rounding.sq_rounding_key(rounding.rounding_key(seed=3, step=7, numel=10))
+    assert key == rounding.splitmix64(rounding.rounding_key(3, 7, 10) ^ 0xD1B54A32D192ED03)
+    index = torch.tensor([10, 11, 2**33 + 4, 2**33 + 5], dtype=torch.int64)
+    got = rounding.sq_random_bits(key, index).tolist()
+    for i, bits in zip(index.tolist(), got):
+        word = rounding.random_bits(key, torch.tensor([i >> 1])).item()
+        assert bits == (word >> 16 if i & 1 else word & 0xFFFF)
+    assert got[0] != got[1] and got[2] != got[3]
+
+
 # ------------------------------------------------------------------------------------------------
 # The rounding functions
 

@@ -74,14 +74,14 @@ inline void load_block(const src_t* src, int64_t count, Vectorized<opmath_t>& a,
   }
 }
 
-// random_bits(key, index + j) for j < L (inna_math.h), 8 (AVX2) or 16 (AVX-512) lanes at a time.
+// random_bits(key, index + j) for j < L (inna_math.h), 8 (AVX2) or 16 (AVX-512) lanes at a time
+// (L a multiple of the lane count; other L: one at a time).
 template <int64_t L>
 inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
   // The salt depends on index >> 32: constant over the block unless its low half wraps.
   const bool one_salt = static_cast<uint32_t>(index) <= 0xFFFFFFFFu - L;
 #if defined(CPU_CAPABILITY_AVX512)
-  static_assert(L % 16 == 0);
-  if (one_salt) {
+  if (L % 16 == 0 && one_salt) {
     const __m512i salt = _mm512_set1_epi32(static_cast<int32_t>(rounding_salt(key, index)));
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i c1 = _mm512_set1_epi32(static_cast<int32_t>(0x7FEB352Du));
@@ -99,8 +99,7 @@ inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
     return;
   }
 #elif defined(CPU_CAPABILITY_AVX2)
-  static_assert(L % 8 == 0);
-  if (one_salt) {
+  if (L % 8 == 0 && one_salt) {
     const __m256i salt = _mm256_set1_epi32(static_cast<int32_t>(rounding_salt(key, index)));
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i c1 = _mm256_set1_epi32(static_cast<int32_t>(0x7FEB352Du));
@@ -120,6 +119,31 @@ inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
 #endif
   (void)one_salt;
   for (int64_t j = 0; j < L; ++j) bits[j] = random_bits(key, index + static_cast<uint64_t>(j));
+}
+
+// sq_random_bits(key, index + j) for j < L (inna_math.h) in the low halves of bits[j] (read them
+// with BitsHalf::kPhase): the words of the block's pairs, L / 2 of them (one more when index is
+// odd), split into their 16-bit halves.
+template <int64_t L>
+inline void block_pair_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
+  static_assert(L % 2 == 0);
+  constexpr int64_t kWords = L / 2;
+  alignas(64) uint32_t words[kWords + 1];
+  const uint64_t pair = index >> 1;
+  const bool odd = (index & 1u) != 0;
+  block_random_bits<kWords>(key, pair, words);
+  words[kWords] = odd ? random_bits(key, pair + kWords) : 0u;
+  const int64_t skip = odd ? 1 : 0;  // element index + j: half (skip + j) & 1 of word (skip + j) / 2
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  for (int64_t j = 0; j < L; ++j) {
+    bits[j] = pair_half(words[(skip + j) >> 1], static_cast<uint64_t>(skip + j));
+  }
+#else
+  // Little-endian: the words' 16-bit halves lie in memory in element order (low half first).
+  uint16_t halves[2 * (kWords + 1)];
+  std::memcpy(halves, words, sizeof(words));
+  for (int64_t j = 0; j < L; ++j) bits[j] = halves[skip + j];
+#endif
 }
 
 #if defined(CPU_CAPABILITY_AVX512)

@@ -218,17 +218,19 @@ def make_optimizer(name: str, model: nn.Module, lr: float, args, extra: dict | N
     from inna_fused import INNA, INNAprop
 
     extra = extra or {}
+    state_dtype = None if args.state_dtype == "default" else getattr(torch, args.state_dtype)
     if name == "innaprop":
         return INNAprop(param_groups(model, args.weight_decay), lr=lr,
                         alpha=extra.get("alpha", args.innaprop_alpha),
-                        beta=extra.get("beta", args.innaprop_beta), stochastic_rounding=True)
+                        beta=extra.get("beta", args.innaprop_beta), stochastic_rounding=True,
+                        state_dtype=state_dtype)
     if name == "adamw":
         return torch.optim.AdamW(param_groups(model, args.weight_decay), lr=lr, fused=True)
     if name == "inna":
         return INNA(param_groups(model, args.inna_weight_decay), lr=lr,
                     alpha=extra.get("alpha", args.inna_alpha),
                     beta=extra.get("beta", args.inna_beta), decoupled_weight_decay=True,
-                    stochastic_rounding=True)
+                    stochastic_rounding=True, state_dtype=state_dtype)
     raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
 
 
@@ -399,6 +401,9 @@ def add_arguments(parser) -> None:
     for name in OPTIMIZERS:
         parser.add_argument(f"--lr-{name}", type=float, default=DEFAULT_LRS[name],
                             help=f"peak lr for {DISPLAY_NAMES[name]} (default {DEFAULT_LRS[name]:g})")
+    parser.add_argument("--state-dtype", default="default", choices=("default", "bfloat16"),
+                        help="INNAprop's and INNA's state_dtype (default: float32 state; "
+                        "bfloat16: phase and exp_avg_sq in bfloat16, rounded stochastically)")
     parser.add_argument("--innaprop-alpha", type=float, default=DEFAULT_INNAPROP["alpha"])
     parser.add_argument("--innaprop-beta", type=float, default=DEFAULT_INNAPROP["beta"])
     parser.add_argument("--inna-alpha", type=float, default=DEFAULT_INNA["alpha"])
