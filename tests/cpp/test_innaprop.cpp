@@ -478,6 +478,39 @@ void load_archive_of_authors_psi_form() {
   }
 }
 
+// exp_avg_sq follows the phase into a group's state_dtype: a state_dtype set after some steps, and
+// a float32 exp_avg_sq beside a bfloat16 phase (what archives of 0.3's bfloat16 state hold), are
+// converted by the next step; the values are the float32 state's, rounded to nearest.
+void state_follows_state_dtype() {
+  torch::manual_seed(5);
+  auto p = torch::randn({257});
+  INNAprop opt({p}, INNApropOptions(0.01));
+  p.mutable_grad() = torch::randn({257});
+  opt.step();
+  auto& st = const_cast<INNApropParamState&>(state_of(opt, p));
+  expect(st.phase().scalar_type() == torch::kFloat &&
+             st.exp_avg_sq().scalar_type() == torch::kFloat, "float32 state by default");
+  static_cast<INNApropOptions&>(opt.param_groups()[0].options()).state_dtype(torch::kBFloat16);
+  const auto sq = st.exp_avg_sq().clone();
+  const auto theta = p.detach().clone();
+  p.mutable_grad() = torch::Tensor();  // no grad: the step leaves the param and its state alone
+  opt.step();
+  expect(torch::equal(st.exp_avg_sq(), sq) && torch::equal(p, theta), "a param without grad moved");
+  p.mutable_grad() = torch::randn({257});
+  const auto sigma = INNApropOptions().sigma();
+  const auto want = (sq.to(torch::kBFloat16).to(torch::kFloat) * sigma +
+                     (1 - sigma) * p.grad() * p.grad());
+  opt.step();
+  expect(st.phase().scalar_type() == torch::kBFloat16 &&
+             st.exp_avg_sq().scalar_type() == torch::kBFloat16, "state not converted to bfloat16");
+  // The update ran on the converted v: within one bfloat16 rounding of it.
+  expect_close(st.exp_avg_sq().to(torch::kFloat), want, 0.0, 1.0 / 64,
+               "exp_avg_sq after converting");
+  st.exp_avg_sq(st.exp_avg_sq().to(torch::kFloat));  // an archive of 0.3: float32 v, bf16 phase
+  opt.step();
+  expect(st.exp_avg_sq().scalar_type() == torch::kBFloat16, "float32 exp_avg_sq not converted");
+}
+
 // Linking the library registers both overloads of the INNAprop op with a CPU kernel.
 void op_is_registered_for_cpu() { expect_op_registered_for_cpu("inna_fused::fused_innaprop_"); }
 
@@ -494,6 +527,7 @@ const Cases& cases() {
       {"bad_step_changes_nothing", bad_step_changes_nothing},
       {"serialize_load_continues_identically", serialize_load_continues_identically},
       {"load_archive_of_authors_psi_form", load_archive_of_authors_psi_form},
+      {"state_follows_state_dtype", state_follows_state_dtype},
       {"op_is_registered_for_cpu", op_is_registered_for_cpu},
   };
   return all;
