@@ -126,6 +126,9 @@ inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
 // odd), split into their 16-bit halves.
 template <int64_t L>
 inline void block_pair_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  for (int64_t j = 0; j < L; ++j) bits[j] = sq_random_bits(key, index + static_cast<uint64_t>(j));
+#else
   static_assert(L % 2 == 0);
   constexpr int64_t kWords = L / 2;
   alignas(64) uint32_t words[kWords + 1];
@@ -133,16 +136,11 @@ inline void block_pair_random_bits(uint64_t key, uint64_t index, uint32_t* bits)
   const bool odd = (index & 1u) != 0;
   block_random_bits<kWords>(key, pair, words);
   words[kWords] = odd ? random_bits(key, pair + kWords) : 0u;
-  const int64_t skip = odd ? 1 : 0;  // element index + j: half (skip + j) & 1 of word (skip + j) / 2
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  for (int64_t j = 0; j < L; ++j) {
-    bits[j] = pair_half(words[(skip + j) >> 1], static_cast<uint64_t>(skip + j));
-  }
-#else
-  // Little-endian: the words' 16-bit halves lie in memory in element order (low half first).
+  // Little-endian: the words' 16-bit halves lie in memory in element order (low half first), so
+  // element index + j takes half number j (+ 1 when index is odd).
   uint16_t halves[2 * (kWords + 1)];
   std::memcpy(halves, words, sizeof(words));
-  for (int64_t j = 0; j < L; ++j) bits[j] = halves[skip + j];
+  for (int64_t j = 0; j < L; ++j) bits[j] = halves[j + (odd ? 1 : 0)];
 #endif
 }
 
