@@ -137,10 +137,35 @@ inline void block_pair_random_bits(uint64_t key, uint64_t index, uint32_t* bits)
   block_random_bits<kWords>(key, pair, words);
   words[kWords] = odd ? random_bits(key, pair + kWords) : 0u;
   // Little-endian: the words' 16-bit halves lie in memory in element order (low half first), so
-  // element index + j takes half number j (+ 1 when index is odd).
-  uint16_t halves[2 * (kWords + 1)];
-  std::memcpy(halves, words, sizeof(words));
-  for (int64_t j = 0; j < L; ++j) bits[j] = halves[j + (odd ? 1 : 0)];
+  // element index + j takes half number j (+ 1 when index is odd): L 16-bit loads from there,
+  // widened to 32 bits. (A scalar loop here cost as much as the hash itself.)
+  const char* first = reinterpret_cast<const char*>(words) + (odd ? 2 : 0);
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (L % 32 == 0) {
+    for (int64_t j = 0; j < L; j += 32) {
+      const __m512i h = _mm512_loadu_si512(first + 2 * j);
+      _mm512_store_si512(bits + j, _mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)));
+      _mm512_store_si512(bits + j + 16, _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)));
+    }
+    return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (L % 16 == 0) {
+    for (int64_t j = 0; j < L; j += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + 2 * j));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bits + j),
+                         _mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bits + j + 8),
+                         _mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)));
+    }
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < L; ++j) {
+    uint16_t half;
+    std::memcpy(&half, first + 2 * j, sizeof(half));
+    bits[j] = half;
+  }
 #endif
 }
 
