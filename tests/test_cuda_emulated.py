@@ -18,6 +18,7 @@ import torch
 
 import inna_fused
 
+from conftest import requires_fma_cpu_kernel
 from inna_cuda_helpers import (DTYPE_IDS, HYPER_CASES, Truth, assert_matches, make_grads,
                                make_tensors, opmath_dtype)
 
@@ -441,12 +442,9 @@ def assert_bitwise_equal(a, b, what):
 
 
 # Runs bitwise against the CPU kernel (csrc/cpu/inna_cpu.cpp), which implements the same rounding
-# (inna_math.h round_store, keyed by seed, k, numel and the element's index in its tensor).
-# The CUDA kernel and the emulation fuse every multiply-add of inna_math.h; so does the CPU kernel
-# when it is built with FMA (AVX2 or AVX-512). A baseline build (no FMA instructions) rounds twice
-# in at::vec's fmadd, so its results differ in the last bit and this test does not apply.
-@pytest.mark.skipif((inna_fused.build_info()["cpu_simd"] or "").startswith("baseline"),
-                    reason="the CPU kernel was built without FMA (INNA_FUSED_SIMD=baseline)")
+# (inna_math.h round_store, keyed by seed, k, numel and the element's index in its tensor); not
+# for a CPU kernel built without FMA (conftest.requires_fma_cpu_kernel).
+@requires_fma_cpu_kernel
 @pytest.mark.parametrize("views", [False, True], ids=["aligned", "odd-views"])
 @pytest.mark.parametrize("pair", SR_PAIRS, ids=SR_IDS)
 def test_emulated_stochastic_rounding_bitwise_equals_cpu_kernel(pair, views):

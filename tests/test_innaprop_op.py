@@ -11,6 +11,8 @@ import torch
 
 import inna_fused  # noqa: F401  (registers the ops)
 
+from conftest import requires_fma_cpu_kernel
+
 OP = torch.ops.inna_fused.fused_innaprop_
 
 
@@ -273,6 +275,7 @@ def _emulated_op():
     return getattr(torch.ops.inna_fused, "_emulated_cuda_innaprop_launch_", None)
 
 
+@requires_fma_cpu_kernel  # a baseline (no FMA) CPU kernel rounds its multiply-adds twice
 @pytest.mark.parametrize("dtype, phase_dtype", [(torch.float32, None), (torch.float64, None),
                                                 (torch.bfloat16, torch.bfloat16),
                                                 (torch.bfloat16, None), (torch.float16, None)])
