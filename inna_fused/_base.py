@@ -356,8 +356,9 @@ class FusedListOptimizer(Optimizer):
 
     def psi_state_dict(self) -> dict[str, Any]:
         """`state_dict()` in the authors' format: each phase w replaced by their ψ (computed in
-        float64, stored as float32, float64 for float64 params; see `inna_fused.phase_to_psi`).
-        `load_state_dict` reads it back."""
+        float64, stored as float32, float64 for float64 params; see `inna_fused.phase_to_psi`),
+        the other state tensors (INNAprop's exp_avg_sq) in that dtype too, whatever the
+        state_dtype. `load_state_dict` reads it back."""
         state_dict = self.state_dict()
         index = 0
         for group in self.param_groups:
@@ -366,6 +367,8 @@ class FusedListOptimizer(Optimizer):
                 if st is not None and "phase" in st:
                     st = dict(st)
                     st["psi"] = phase_to_psi(p, st.pop("phase"), group["alpha"], group["beta"])
+                    for name in self._state_keys[1:]:
+                        st[name] = st[name].to(st["psi"].dtype)
                     if self._psi_int_steps:
                         st["step"] = int(st["step"])
                     state_dict["state"][index] = st

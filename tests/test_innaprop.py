@@ -227,6 +227,26 @@ def test_psi_state_dict_loads_into_the_authors_class():
         assert rel_err(again.state[p]["phase"], opt.state[q]["phase"]) < 1e-12
 
 
+def test_psi_state_dict_of_bf16_state_is_float32():
+    """The authors' format holds float32 state (their class keeps it in the param dtype), also
+    when this optimizer stores bfloat16 state; loading it back rounds to bfloat16 again."""
+    params = [torch.nn.Parameter(p.detach().float()) for p in initial()]
+    opt = INNAprop(params, **DEFAULTS, state_dtype=torch.bfloat16, fused=False, foreach=True)
+    for k in range(3):
+        for p, g in zip(params, grad_at(k, SHAPES, torch.float32)):
+            p.grad = g
+        opt.step()
+    psi_sd = opt.psi_state_dict()
+    for i, p in enumerate(params):
+        st = psi_sd["state"][i]
+        assert st["psi"].dtype == st["exp_avg_sq"].dtype == torch.float32
+        assert torch.equal(st["exp_avg_sq"], opt.state[p]["exp_avg_sq"].float())
+    again = INNAprop(params, **DEFAULTS, state_dtype=torch.bfloat16, fused=False, foreach=True)
+    again.load_state_dict(psi_sd)
+    assert all(torch.equal(again.state[p]["exp_avg_sq"], opt.state[p]["exp_avg_sq"])
+               for p in params)
+
+
 def test_bad_checkpoint_raises_and_loads_nothing():
     ref, ref_opt = run_oracle(DEFAULTS, 3)
     saved = ref_opt.state_dict()
