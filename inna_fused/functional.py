@@ -45,7 +45,7 @@ from ._contract import (PARAM_DTYPES, SIXTEEN_BIT, STEP_DTYPES, allowed_phase_dt
                         check_hyperparameters, check_rounding, default_phase_dtype, dtype_names,
                         grad_factor, step_size)
 from .rounding import (element_indices, phase_bits, random_bits, round_stochastic, rounding_key,
-                       sq_random_bits, sq_rounding_key, theta_bits)
+                       sq_random_bits, theta_bits)
 
 IMPLS = ("fused", "foreach", "loop", "reference")
 
@@ -333,7 +333,7 @@ def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed, exp
             new_sqs=None) -> None:
     """Write back the new θ and phases (and INNAprop's exp_avg_sqs) computed in copies. One hash
     per element serves θ and the phase, as in the kernels: its high 16 bits round θ, its low 16
-    bits the phase; a bfloat16 exp_avg_sq takes half of a word of its own (`sq_random_bits`)."""
+    bits the phase; a bfloat16 exp_avg_sq takes the bits of `sq_random_bits`."""
     if exp_avg_sqs is None:
         exp_avg_sqs = new_sqs = [None] * len(params)
     for p, phase, g, theta, new_phase, k, v, new_v in zip(params, phases, grads, thetas,
@@ -353,7 +353,8 @@ def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed, exp
         if new_phase is not phase:
             _store(phase, new_phase, phase_bits(bits) if round_phase else None)
         if v is not None and new_v is not v:
-            _store(v, new_v, sq_random_bits(sq_rounding_key(key), index) if round_sq else None)
+            _store(v, new_v, sq_random_bits(key, index, p.dtype in SIXTEEN_BIT) if round_sq
+                   else None)
 
 
 def _loop_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,

@@ -12,7 +12,7 @@ their step t = k + 1 reads exactly, cancellation-free (γ = lr, λ = weight_deca
 exp_avg_sq (v) has the phase's dtype: float32 (float64 for float64 params) or bfloat16. θ of
 16-bit params and bfloat16 phases round stochastically with INNA's bits (`inna_fused.rounding`,
 keyed by (seed, k, numel); θ the high 16 bits, the phase the low 16 bits), a bfloat16 v with
-half a word of its own per element (`inna_fused.rounding.sq_random_bits`). Checks, grouping and stores reuse
+the bits of `inna_fused.rounding.sq_random_bits`. Checks, grouping and stores reuse
 `inna_fused.functional`'s helpers.
 
 Implementations: "fused" (torch.ops.inna_fused.fused_innaprop_, when the compiled extension has

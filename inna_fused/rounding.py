@@ -5,8 +5,8 @@ its two 16-bit neighbours, up with probability equal to its distance from the lo
 of their gap (resolution 2^-16). The random bits are a counter-based hash of (seed, step k, numel,
 element index), so the foreach and loop paths draw exactly the bits the compiled kernels draw. One
 32-bit hash per element serves both stores: its high 16 bits round θ, its low 16 bits the phase.
-INNAprop's bfloat16 exp_avg_sq takes 16 more bits per element from words under `sq_rounding_key`,
-one word per pair of elements (`sq_random_bits`).
+INNAprop's bfloat16 exp_avg_sq takes 16 more bits (`sq_random_bits`): θ's half of that word when
+θ does not round stochastically, else the high half of a second word under `sq_rounding_key`.
 
 Unsigned 32-bit values are held in int64 tensors. A 32×32-bit product would overflow int64, so
 `_mul_u32` multiplies by the two 16-bit halves of the constant and keeps the low 32 bits.
@@ -64,12 +64,12 @@ def random_bits(key: int, index: Tensor) -> Tensor:
     return mix32((index & _MASK32) ^ salt)
 
 
-def sq_random_bits(sq_key: int, index: Tensor) -> Tensor:
-    """The 16 random bits that round a bfloat16 exp_avg_sq's elements (int64 indices): the word of
-    the element's pair (index >> 1) under `sq_key`, its low half for an even element, its high
-    half for an odd one."""
-    word = random_bits(sq_key, index >> 1)
-    return torch.where((index & 1) == 1, word >> 16, word & 0xFFFF)
+def sq_random_bits(key: int, index: Tensor, theta_rounds: bool) -> Tensor:
+    """The 16 random bits that round a bfloat16 exp_avg_sq's elements (int64 indices) at the step
+    of `key` (`rounding_key`): the high half of the element's word when θ does not round
+    stochastically (float32/float64 params leave it unused), else (`theta_rounds`, 16-bit params)
+    the high half of a word of its own under `sq_rounding_key(key)`."""
+    return theta_bits(random_bits(sq_rounding_key(key) if theta_rounds else key, index))
 
 
 def theta_bits(bits: Tensor) -> Tensor:

@@ -226,8 +226,9 @@ def test_thread_count_independent(dtype, phase_dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_bf16_exp_avg_sq_rounds_with_its_documented_bits(dtype, threads):
     """A bfloat16 exp_avg_sq rounds g² (σ = 0: v = g², exact in float32, not in bfloat16) with
-    inna_fused.rounding.sq_random_bits; with 2 threads the work split starts a span at an odd
-    element of the third tensor (65536 − 40003), where a block's pairs straddle its start."""
+    inna_fused.rounding.sq_random_bits: θ's unused half of the element's word for float32 params,
+    a word of its own for bfloat16 ones (whose θ takes that half); with 2 threads the work split
+    starts a span mid-tensor (element 65536 − 40003 of the third)."""
     from inna_fused import rounding
     shapes = [(40000,), (3,), (50001,)]
     gen = torch.Generator().manual_seed(11)
@@ -245,8 +246,8 @@ def test_bf16_exp_avg_sq_rounds_with_its_documented_bits(dtype, threads):
     moved = 0
     for g, v in zip(grads, sqs):
         square = g.float() * g.float()
-        key = rounding.sq_rounding_key(rounding.rounding_key(9, 0, g.numel()))
-        bits = rounding.sq_random_bits(key, torch.arange(g.numel()))
+        key = rounding.rounding_key(9, 0, g.numel())
+        bits = rounding.sq_random_bits(key, torch.arange(g.numel()), dtype == torch.bfloat16)
         assert torch.equal(v, rounding.round_stochastic(square, torch.bfloat16, bits))
         moved += int((v != square.bfloat16()).sum())
     assert moved > 1000  # rounded away from the nearest value often: the bits matter

@@ -60,15 +60,18 @@ def test_random_bits_use_both_halves_of_index_and_key():
     assert rounding.phase_bits(torch.tensor([0xABCD1234])).item() == 0x1234
 
 
-def test_sq_random_bits_split_one_word_per_pair_of_elements():
-    key = rounding.sq_rounding_key(rounding.rounding_key(seed=3, step=7, numel=10))
-    assert key == rounding.splitmix64(rounding.rounding_key(3, 7, 10) ^ 0xD1B54A32D192ED03)
-    index = torch.tensor([10, 11, 2**33 + 4, 2**33 + 5], dtype=torch.int64)
-    got = rounding.sq_random_bits(key, index).tolist()
-    for i, bits in zip(index.tolist(), got):
-        word = rounding.random_bits(key, torch.tensor([i >> 1])).item()
-        assert bits == (word >> 16 if i & 1 else word & 0xFFFF)
-    assert got[0] != got[1] and got[2] != got[3]
+def test_sq_random_bits_reuse_thetas_half_or_draw_a_word_of_their_own():
+    key = rounding.rounding_key(seed=3, step=7, numel=10)
+    sq_key = rounding.sq_rounding_key(key)
+    assert sq_key == rounding.splitmix64(key ^ 0xD1B54A32D192ED03)
+    index = torch.tensor([10, 11, 2**33 + 4], dtype=torch.int64)
+    words = rounding.random_bits(key, index)
+    # θ not rounded (float32/float64 params): the high half θ leaves unused.
+    assert torch.equal(rounding.sq_random_bits(key, index, False), words >> 16)
+    # θ rounded (16-bit params): the high half of a word under the exp_avg_sq key.
+    own = rounding.sq_random_bits(key, index, True)
+    assert torch.equal(own, rounding.random_bits(sq_key, index) >> 16)
+    assert not torch.equal(own, words >> 16) and not torch.equal(own, words & 0xFFFF)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 // inna_cpu.cpp (which see): full blocks and a partial tail run the same per-lane IEEE operations,
 // the rounding's bits depend on the element's index only, so results are bitwise identical for
 // any thread count. exp_avg_sq has the phase's dtype: in bfloat16 it rounds like the phase, with
-// bits of its own (sq_random_bits); on the first step neither the phase nor exp_avg_sq is read.
+// the bits of sq_random_bits; on the first step neither the phase nor exp_avg_sq is read.
 #include "simd_io.h"
 
 #include "../contract.h"
@@ -24,7 +24,6 @@ namespace {
 
 using at::vec::Vectorized;
 using cpu::BitsHalf;
-using cpu::block_pair_random_bits;
 using cpu::block_random_bits;
 using cpu::kBlock;
 using cpu::load_block;
@@ -72,10 +71,12 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
     }
     store_block<kFull>(theta + i, count, th0, th1, sr_theta, bits, BitsHalf::kTheta);
     store_block<kFull>(phase + i, count, w0, w1, sr_phase, bits, BitsHalf::kPhase);
-    if (sr_phase) {  // a bfloat16 exp_avg_sq: half of a word of its own per element
-      block_pair_random_bits<L>(entry.sq_rounding_key, static_cast<uint64_t>(first + i), bits);
+    // A bfloat16 exp_avg_sq (sq_random_bits): θ's unused half of these bits, or with 16-bit
+    // params the high half of a word of its own.
+    if (sr_phase && sr_theta) {
+      block_random_bits<L>(entry.sq_rounding_key, static_cast<uint64_t>(first + i), bits);
     }
-    store_block<kFull>(sq + i, count, s0, s1, sr_phase, bits, BitsHalf::kPhase);
+    store_block<kFull>(sq + i, count, s0, s1, sr_phase, bits, BitsHalf::kTheta);
   };
   int64_t i = 0;
   for (; i + L <= n; i += L) {

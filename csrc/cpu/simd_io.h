@@ -74,14 +74,14 @@ inline void load_block(const src_t* src, int64_t count, Vectorized<opmath_t>& a,
   }
 }
 
-// random_bits(key, index + j) for j < L (inna_math.h), 8 (AVX2) or 16 (AVX-512) lanes at a time
-// (L a multiple of the lane count; other L: one at a time).
+// random_bits(key, index + j) for j < L (inna_math.h), 8 (AVX2) or 16 (AVX-512) lanes at a time.
 template <int64_t L>
 inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
   // The salt depends on index >> 32: constant over the block unless its low half wraps.
   const bool one_salt = static_cast<uint32_t>(index) <= 0xFFFFFFFFu - L;
 #if defined(CPU_CAPABILITY_AVX512)
-  if (L % 16 == 0 && one_salt) {
+  static_assert(L % 16 == 0);
+  if (one_salt) {
     const __m512i salt = _mm512_set1_epi32(static_cast<int32_t>(rounding_salt(key, index)));
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i c1 = _mm512_set1_epi32(static_cast<int32_t>(0x7FEB352Du));
@@ -99,7 +99,8 @@ inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
     return;
   }
 #elif defined(CPU_CAPABILITY_AVX2)
-  if (L % 8 == 0 && one_salt) {
+  static_assert(L % 8 == 0);
+  if (one_salt) {
     const __m256i salt = _mm256_set1_epi32(static_cast<int32_t>(rounding_salt(key, index)));
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i c1 = _mm256_set1_epi32(static_cast<int32_t>(0x7FEB352Du));
@@ -119,54 +120,6 @@ inline void block_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
 #endif
   (void)one_salt;
   for (int64_t j = 0; j < L; ++j) bits[j] = random_bits(key, index + static_cast<uint64_t>(j));
-}
-
-// sq_random_bits(key, index + j) for j < L (inna_math.h) in the low halves of bits[j] (read them
-// with BitsHalf::kPhase): the words of the block's pairs, L / 2 of them (one more when index is
-// odd), split into their 16-bit halves.
-template <int64_t L>
-inline void block_pair_random_bits(uint64_t key, uint64_t index, uint32_t* bits) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  for (int64_t j = 0; j < L; ++j) bits[j] = sq_random_bits(key, index + static_cast<uint64_t>(j));
-#else
-  static_assert(L % 2 == 0);
-  constexpr int64_t kWords = L / 2;
-  alignas(64) uint32_t words[kWords + 1];
-  const uint64_t pair = index >> 1;
-  const bool odd = (index & 1u) != 0;
-  block_random_bits<kWords>(key, pair, words);
-  words[kWords] = odd ? random_bits(key, pair + kWords) : 0u;
-  // Little-endian: the words' 16-bit halves lie in memory in element order (low half first), so
-  // element index + j takes half number j (+ 1 when index is odd): L 16-bit loads from there,
-  // widened to 32 bits. (A scalar loop here cost as much as the hash itself.)
-  const char* first = reinterpret_cast<const char*>(words) + (odd ? 2 : 0);
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (L % 32 == 0) {
-    for (int64_t j = 0; j < L; j += 32) {
-      const __m512i h = _mm512_loadu_si512(first + 2 * j);
-      _mm512_store_si512(bits + j, _mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)));
-      _mm512_store_si512(bits + j + 16, _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)));
-    }
-    return;
-  }
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (L % 16 == 0) {
-    for (int64_t j = 0; j < L; j += 16) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + 2 * j));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(bits + j),
-                         _mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(bits + j + 8),
-                         _mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)));
-    }
-    return;
-  }
-#endif
-  for (int64_t j = 0; j < L; ++j) {
-    uint16_t half;
-    std::memcpy(&half, first + 2 * j, sizeof(half));
-    bits[j] = half;
-  }
-#endif
 }
 
 #if defined(CPU_CAPABILITY_AVX512)

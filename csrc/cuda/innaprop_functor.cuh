@@ -7,8 +7,8 @@
 //
 // Lists: (params, grads, phases, exp_avg_sqs), Depth 4, in the op's order. exp_avg_sq has the
 // phase's dtype; on the first step neither it nor the phase is read. The rounding bits (θ: high
-// half, phase: low half) are INNA's, a bfloat16 exp_avg_sq's are sq_random_bits (half a word per
-// element under sq_rounding_key), so results equal the CPU kernel's bit for bit.
+// half, phase: low half) are INNA's, a bfloat16 exp_avg_sq's are sq_random_bits, so results
+// equal the CPU kernel's bit for bit.
 #pragma once
 
 #include "../contract.h"
@@ -86,9 +86,9 @@ C10_HOST_DEVICE INNA_INLINE int32_t innaprop_block_thread(int64_t block, int thr
                                              static_cast<uint64_t>(meta.numel[t]))
                               : 0u;
   const uint32_t salt = sr_any ? rounding_salt(key, first) : 0u;
-  // A bfloat16 exp_avg_sq rounds like the phase (sr_phase), with half a word of its own per
-  // element: sq_random_bits, the salt of the pairs' indices (first + i) >> 1 computed once.
-  const uint32_t sq_salt = sr_phase ? rounding_salt(sq_rounding_key(key), first >> 1) : 0u;
+  // A bfloat16 exp_avg_sq rounds like the phase (sr_phase) with sq_random_bits: θ's half of the
+  // element's word, or with 16-bit params (sr_theta) a word under sq_rounding_key.
+  const uint32_t sq_salt = sr_phase && sr_theta ? rounding_salt(sq_rounding_key(key), first) : 0u;
 
   scalar_t* theta = static_cast<scalar_t*>(meta.ptr[kPropParams][t]) + work.start;
   phase_t* phase = static_cast<phase_t*>(meta.ptr[kPropPhases][t]) + work.start;
@@ -102,12 +102,12 @@ C10_HOST_DEVICE INNA_INLINE int32_t innaprop_block_thread(int64_t block, int thr
     opmath_t w = first_step ? opmath_t(0) : static_cast<opmath_t>(ps);
     opmath_t vs = first_step ? opmath_t(0) : static_cast<opmath_t>(v);
     innaprop_update(x, w, vs, static_cast<opmath_t>(gr), pc, c, flags, first_step, scale_grad);
-    const uint64_t index = first + static_cast<uint64_t>(i);
-    const uint32_t bits = sr_any ? mix32(static_cast<uint32_t>(index) ^ salt) : 0u;
+    const uint32_t index = static_cast<uint32_t>(first + i);
+    const uint32_t bits = sr_any ? mix32(index ^ salt) : 0u;
     th = round_store<scalar_t>(x, sr_theta, theta_bits(bits));
     ps = round_store<phase_t>(w, sr_phase, phase_bits(bits));
-    const uint32_t sq_bits =
-        sr_phase ? pair_half(mix32(static_cast<uint32_t>(index >> 1) ^ sq_salt), index) : 0u;
+    const uint32_t sq_bits = !sr_phase ? 0u
+                             : sr_theta ? theta_bits(mix32(index ^ sq_salt)) : theta_bits(bits);
     v = round_store<phase_t>(vs, sr_phase, sq_bits);
   };
 
