@@ -279,6 +279,8 @@ def _emulated_op():
 @requires_fma_cpu_kernel  # a baseline (no FMA) CPU kernel rounds its multiply-adds twice
 @pytest.mark.parametrize("dtype, phase_dtype", [(torch.float32, None), (torch.float64, None),
                                                 (torch.bfloat16, torch.bfloat16),
+                                                (torch.float32, torch.bfloat16),
+                                                (torch.float64, torch.bfloat16),
                                                 (torch.bfloat16, None), (torch.float16, None)])
 @pytest.mark.parametrize("name", ["defaults", "no_decay"])
 @pytest.mark.parametrize("large_metadata", [True, False])
@@ -315,6 +317,7 @@ def test_emulated_cuda_matches_cpu_bitwise(dtype, phase_dtype, name, large_metad
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype, phase_dtype", [(torch.float32, None), (torch.float64, None),
                                                 (torch.bfloat16, torch.bfloat16),
+                                                (torch.float32, torch.bfloat16),
                                                 (torch.float16, None)])
 def test_cuda_matches_cpu_bitwise(dtype, phase_dtype):
     h = HYPER["defaults"]
