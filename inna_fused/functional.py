@@ -343,18 +343,17 @@ def _stores(params, phases, grads, thetas, new_phases, ks, stochastic, seed, exp
                     and dst.numel() > 0)
         round_theta, round_phase = rounds(p, theta), rounds(phase, new_phase)
         round_sq = v is not None and rounds(v, new_v)
-        if round_theta or round_phase or round_sq:
+        if round_theta or round_phase or round_sq:  # one word per element serves all three
             key = rounding_key(seed, k, p.numel())
             index = element_indices(p, g, phase, *([] if v is None else [v]))
-        if round_theta or round_phase:
             bits = random_bits(key, index)
         if theta is not p:
             _store(p, theta, theta_bits(bits) if round_theta else None)
         if new_phase is not phase:
             _store(phase, new_phase, phase_bits(bits) if round_phase else None)
         if v is not None and new_v is not v:
-            _store(v, new_v, sq_random_bits(key, index, p.dtype in SIXTEEN_BIT) if round_sq
-                   else None)
+            _store(v, new_v, sq_random_bits(key, index, p.dtype in SIXTEEN_BIT, bits)
+                   if round_sq else None)
 
 
 def _loop_inna(params, grads, phases, steps, *, lr, alpha, beta, decay_power, weight_decay,

@@ -13,6 +13,8 @@ Unsigned 32-bit values are held in int64 tensors. A 32×32-bit product would ove
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -64,12 +66,16 @@ def random_bits(key: int, index: Tensor) -> Tensor:
     return mix32((index & _MASK32) ^ salt)
 
 
-def sq_random_bits(key: int, index: Tensor, theta_rounds: bool) -> Tensor:
+def sq_random_bits(key: int, index: Tensor, theta_rounds: bool,
+                   words: Optional[Tensor] = None) -> Tensor:
     """The 16 random bits that round a bfloat16 exp_avg_sq's elements (int64 indices) at the step
     of `key` (`rounding_key`): the high half of the element's word when θ does not round
     stochastically (float32/float64 params leave it unused), else (`theta_rounds`, 16-bit params)
-    the high half of a word of its own under `sq_rounding_key(key)`."""
-    return theta_bits(random_bits(sq_rounding_key(key) if theta_rounds else key, index))
+    the high half of a word of its own under `sq_rounding_key(key)`. `words`: the elements'
+    `random_bits(key, index)` when already drawn (not drawn again)."""
+    if theta_rounds:
+        return theta_bits(random_bits(sq_rounding_key(key), index))
+    return theta_bits(random_bits(key, index) if words is None else words)
 
 
 def theta_bits(bits: Tensor) -> Tensor:

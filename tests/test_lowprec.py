@@ -68,6 +68,7 @@ def test_sq_random_bits_reuse_thetas_half_or_draw_a_word_of_their_own():
     words = rounding.random_bits(key, index)
     # θ not rounded (float32/float64 params): the high half θ leaves unused.
     assert torch.equal(rounding.sq_random_bits(key, index, False), words >> 16)
+    assert torch.equal(rounding.sq_random_bits(key, index, False, words), words >> 16)
     # θ rounded (16-bit params): the high half of a word under the exp_avg_sq key.
     own = rounding.sq_random_bits(key, index, True)
     assert torch.equal(own, rounding.random_bits(sq_key, index) >> 16)
