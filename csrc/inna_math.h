@@ -148,11 +148,12 @@ C10_HOST_DEVICE INNA_MATH_INLINE void inna_update(T& theta, T& phase, T grad, co
 // CUDA kernel, in the foreach and loop paths (inna_fused/rounding.py re-implements these
 // functions bit for bit), and on every data-parallel replica. One 32-bit hash per element serves
 // both stores: its high 16 bits round θ, its low 16 bits round the phase. INNAprop's bfloat16
-// second moment (exp_avg_sq) takes 16 more bits (sq_random_bits): the high half of that same word
-// when θ does not round stochastically (float32/float64 params leave it unused), else the high
-// half of a second word under a key of its own (sq_rounding_key). (The second hash costs the CPU
-// kernel ~14% of a float32-param step with bfloat16 state; one word per pair of elements, tried
-// instead, was no faster.)
+// second moment (exp_avg_sq) takes 16 more bits (inna_fused/rounding.py: sq_random_bits): the
+// high half of that same word when θ does not round stochastically (float32/float64 params leave
+// it unused), else theta_bits(random_bits(sq_rounding_key(key), index)), the high half of a
+// second word under a key of its own. (The second hash costs the CPU kernel ~14% of a
+// float32-param step with bfloat16 state; one word per pair of elements, tried instead, was no
+// faster.)
 
 C10_HOST_DEVICE inline uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -195,12 +196,6 @@ C10_HOST_DEVICE inline uint32_t random_bits(uint64_t key, uint64_t index) {
 
 C10_HOST_DEVICE inline uint32_t theta_bits(uint32_t bits) { return bits >> 16; }
 C10_HOST_DEVICE inline uint32_t phase_bits(uint32_t bits) { return bits & 0xFFFFu; }
-
-// 16 random bits that round element `index` of a bfloat16 exp_avg_sq, `key` being the step's
-// (rounding_key) and `theta_rounds` whether θ rounds stochastically (16-bit params).
-C10_HOST_DEVICE inline uint32_t sq_random_bits(uint64_t key, uint64_t index, bool theta_rounds) {
-  return theta_bits(random_bits(theta_rounds ? sq_rounding_key(key) : key, index));
-}
 
 C10_HOST_DEVICE inline uint32_t float_bits(float x) {
   uint32_t u;

@@ -4,7 +4,7 @@
 // inna_cpu.cpp (which see): full blocks and a partial tail run the same per-lane IEEE operations,
 // the rounding's bits depend on the element's index only, so results are bitwise identical for
 // any thread count. exp_avg_sq has the phase's dtype: in bfloat16 it rounds like the phase, with
-// the bits of sq_random_bits; on the first step neither the phase nor exp_avg_sq is read.
+// the bits inna_math.h gives it; on the first step neither the phase nor exp_avg_sq is read.
 #include "simd_io.h"
 
 #include "../contract.h"
@@ -71,7 +71,7 @@ void update_span(const Entry& entry, int64_t first, int64_t n,
     }
     store_block<kFull>(theta + i, count, th0, th1, sr_theta, bits, BitsHalf::kTheta);
     store_block<kFull>(phase + i, count, w0, w1, sr_phase, bits, BitsHalf::kPhase);
-    // A bfloat16 exp_avg_sq (sq_random_bits): θ's unused half of these bits, or with 16-bit
+    // A bfloat16 exp_avg_sq (inna_math.h): θ's unused half of these bits, or with 16-bit
     // params the high half of a word of its own.
     if (sr_phase && sr_theta) {
       block_random_bits<L>(entry.sq_rounding_key, static_cast<uint64_t>(first + i), bits);

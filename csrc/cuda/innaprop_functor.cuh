@@ -7,7 +7,7 @@
 //
 // Lists: (params, grads, phases, exp_avg_sqs), Depth 4, in the op's order. exp_avg_sq has the
 // phase's dtype; on the first step neither it nor the phase is read. The rounding bits (θ: high
-// half, phase: low half) are INNA's, a bfloat16 exp_avg_sq's are sq_random_bits, so results
+// half, phase: low half) are INNA's, a bfloat16 exp_avg_sq's those of inna_math.h, so results
 // equal the CPU kernel's bit for bit.
 #pragma once
 
@@ -86,8 +86,8 @@ C10_HOST_DEVICE INNA_INLINE int32_t innaprop_block_thread(int64_t block, int thr
                                              static_cast<uint64_t>(meta.numel[t]))
                               : 0u;
   const uint32_t salt = sr_any ? rounding_salt(key, first) : 0u;
-  // A bfloat16 exp_avg_sq rounds like the phase (sr_phase) with sq_random_bits: θ's half of the
-  // element's word, or with 16-bit params (sr_theta) a word under sq_rounding_key.
+  // A bfloat16 exp_avg_sq rounds like the phase (sr_phase), with inna_math.h's bits: θ's half
+  // of the element's word, or with 16-bit params (sr_theta) a word under sq_rounding_key.
   const uint32_t sq_salt = sr_phase && sr_theta ? rounding_salt(sq_rounding_key(key), first) : 0u;
 
   scalar_t* theta = static_cast<scalar_t*>(meta.ptr[kPropParams][t]) + work.start;
